@@ -1,0 +1,50 @@
+# mstt-book: `make book` builds the HTML book, `make test` runs every test.
+# Both install what they need first (a .venv beside this file).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PARAMS ?= smoke
+KERNEL ?= python3
+
+.PHONY: install book run build test unit notebooks browser-deps lint references clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+# Generate the synthetic cohort (first time), run every notebook, build _build/html.
+book: install
+	$(VENV)/bin/mstt-book book --params $(PARAMS) --kernel $(KERNEL)
+
+run: install
+	$(VENV)/bin/mstt-book run --params $(PARAMS) --kernel $(KERNEL)
+
+build: install
+	$(VENV)/bin/mstt-book build
+
+# Debian's chromium and its driver, for the headless-browser test.
+browser-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		echo "installing chromium and chromium-driver (apt)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+# Unit tests, nbval over every notebook, and the browser check of the built book.
+test: install browser-deps book
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+# After a deliberate change of a checked result: store the new nbval references.
+references: run
+	$(VENV)/bin/mstt-book references
+
+clean:
+	rm -rf _build book/chapters _static/plotly.min.js work

@@ -1,0 +1,378 @@
+"""The case table: one row per case, read from disk and checked at the boundary.
+
+Columns (``CASE_COLUMNS``): ``case_id``, ``tissue`` (one of ``TISSUES``, or
+empty when not recorded), ``site``, ``diagnosis``, ``annotation_modality``
+(T1 or T2), and the absolute paths ``t1``, ``t2`` and ``mask`` (empty for a
+modality the cohort does not have).
+
+Two on-disk layouts are read:
+
+* the project's own: ``<root>/cohort.csv`` with those columns (paths relative
+  to ``<root>`` or absolute), usually a folder per case holding
+  ``t1.nii.gz``, ``t2.nii.gz`` and ``mask.nii.gz``;
+* nnU-Net's raw dataset: ``dataset.json``, ``imagesTr/<case>_0000.nii.gz`` (T1),
+  ``imagesTr/<case>_0001.nii.gz`` (T2), ``labelsTr/<case>.nii.gz``, plus our
+  optional ``mstt_cases.csv`` with the clinical columns.
+
+The mask lies on the grid of the reference image: T2 when the cohort has T2
+(T1 is registered onto it later), else T1.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nibabel.processing import resample_from_to
+from tqdm import tqdm
+
+from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume, save_nifti
+
+__all__ = [
+    "TISSUES",
+    "MODALITIES",
+    "CASE_COLUMNS",
+    "COHORT_FILE",
+    "CaseProblem",
+    "CohortError",
+    "EmptyMaskWarning",
+    "read_cohort",
+    "read_nnunet",
+    "load_cohort",
+    "validate_cases",
+    "write_cohort_table",
+    "write_nnunet",
+]
+
+TISSUES = ("Fibrous", "Fat", "Myxoid", "Nerve", "Vascular")
+MODALITIES = ("T1", "T2")
+CASE_COLUMNS = ["case_id", "tissue", "site", "diagnosis", "annotation_modality", "t1", "t2", "mask"]
+COHORT_FILE = "cohort.csv"
+NNUNET_METADATA = "mstt_cases.csv"
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class CaseProblem:
+    """Why one case cannot be used; ``path`` is the file at fault, if one is."""
+
+    case_id: str
+    message: str
+    path: str | None = None
+
+    def __str__(self) -> str:
+        where = f" ({self.path})" if self.path else ""
+        return f"case {self.case_id}: {self.message}{where}"
+
+
+class CohortError(ValueError):
+    """One or more bad cases; the message lists each with its file."""
+
+    def __init__(self, problems: list[CaseProblem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{len(problems)} bad case(s):\n{lines}\n"
+            "Fix them, or pass skip_bad=True to leave them out (they are then listed)."
+        )
+
+
+class EmptyMaskWarning(UserWarning):
+    """A case whose tumour mask is empty: kept, but Dice is undefined for it."""
+
+
+# ---------------------------------------------------------------------------
+# Reading tables.
+
+
+def _text(value) -> str | None:
+    """A cell's text, or None for a blank cell (None, NaN, pandas NA or whitespace)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _normalise_tissue(value) -> str | None:
+    value = _text(value)
+    if value is None:
+        return None
+    return {t.lower(): t for t in TISSUES}.get(value.lower(), value)
+
+
+def _object_column(values, index) -> pd.Series:
+    # object dtype keeps None as None (pandas 3's string dtype would turn it into NaN)
+    return pd.Series(list(values), index=index, dtype=object)
+
+
+def _finish_table(
+    table: pd.DataFrame, root: Path, source: Path
+) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Resolve paths, canonicalise tissue names, and find table-level problems.
+
+    ``source`` is the file the table came from, named in the problems it has.
+    """
+    if "case_id" not in table.columns:
+        raise ValueError(f"{source}: no case_id column (columns: {list(table.columns)})")
+    table = table.copy()
+    for column in CASE_COLUMNS:
+        if column not in table.columns:
+            table[column] = None
+    table["case_id"] = table["case_id"].astype(str).str.strip()
+    table["tissue"] = _object_column(map(_normalise_tissue, table["tissue"]), table.index)
+    for column in ("t1", "t2", "mask"):
+        paths = (_text(p) for p in table[column])
+        table[column] = _object_column(
+            (None if p is None else str((root / p).resolve()) for p in paths), table.index
+        )
+    problems = []
+    duplicated = table["case_id"][table["case_id"].duplicated(keep=False)]
+    for case_id in sorted(set(duplicated)):
+        count = int((table["case_id"] == case_id).sum())
+        problems.append(CaseProblem(case_id, f"duplicate case id ({count} rows)", str(source)))
+    for case_id, tissue in zip(table["case_id"], table["tissue"], strict=True):
+        if tissue is not None and tissue not in TISSUES:
+            problems.append(
+                CaseProblem(
+                    case_id,
+                    f"unknown tissue type {tissue!r}; expected one of {TISSUES}",
+                    str(source),
+                )
+            )
+    return table[CASE_COLUMNS + [c for c in table.columns if c not in CASE_COLUMNS]], problems
+
+
+def read_cohort(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Read ``<root>/cohort.csv``; returns the table and its table-level problems."""
+    root = Path(root)
+    path = root / COHORT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no case table: {path} does not exist")
+    return _finish_table(pd.read_csv(path, dtype=str, keep_default_na=False), root, path)
+
+
+def read_nnunet(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Read an nnU-Net raw dataset folder (channel 0 = T1, channel 1 = T2)."""
+    root = Path(root)
+    dataset_file = root / "dataset.json"
+    if not dataset_file.is_file():
+        raise FileNotFoundError(f"not an nnU-Net raw dataset: {dataset_file} does not exist")
+    dataset = json.loads(dataset_file.read_text())
+    ending = dataset.get("file_ending", ".nii.gz")
+    channels = {int(k): str(v).upper() for k, v in dataset.get("channel_names", {}).items()}
+    labels = sorted((root / "labelsTr").glob(f"*{ending}"))
+    records = []
+    for label in labels:
+        case_id = label.name[: -len(ending)]
+        record = {"case_id": case_id, "mask": str(label), "t1": None, "t2": None}
+        for index, name in channels.items():
+            if name in MODALITIES:
+                image = root / "imagesTr" / f"{case_id}_{index:04d}{ending}"
+                record[name.lower()] = str(image)  # a missing file is reported by validation
+        records.append(record)
+    table = pd.DataFrame.from_records(records, columns=["case_id", "t1", "t2", "mask"])
+    metadata_file = root / NNUNET_METADATA
+    if metadata_file.is_file():
+        metadata = pd.read_csv(metadata_file, dtype=str, keep_default_na=False)
+        table = table.merge(metadata, on="case_id", how="left")
+    return _finish_table(table, root, metadata_file if metadata_file.is_file() else dataset_file)
+
+
+def write_cohort_table(table: pd.DataFrame, root: str | Path) -> Path:
+    """Write ``cohort.csv`` atomically, with paths relative to ``root`` where possible."""
+    root = Path(root)
+    table = table.copy()
+    for column in ("t1", "t2", "mask"):
+        table[column] = ["" if p is None or pd.isna(p) else _relative(Path(p), root) for p in table[column]]
+    with atomic_path(root / COHORT_FILE) as tmp:
+        table.to_csv(tmp, index=False)
+    return root / COHORT_FILE
+
+
+def _relative(path: Path, root: Path) -> str:
+    if not path.is_absolute():
+        return str(path)
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------
+# Validating cases.
+
+
+def _check_case(row: pd.Series, modalities: tuple[str, ...], check_voxels: bool) -> list[str]:
+    """Raise CaseFileError for the first hard problem; return warnings."""
+    case_id = row["case_id"]
+    images = {}
+    for modality in modalities:
+        path = _text(row[modality.lower()])
+        if path is None:
+            raise CaseFileError(case_id, None, f"missing modality {modality}: no path in the table")
+        if not Path(path).is_file():
+            raise CaseFileError(case_id, path, f"missing modality {modality}: file not found")
+        images[modality] = load_nifti(path, case_id)
+    if _text(row["mask"]) is None:
+        raise CaseFileError(case_id, None, "no mask path in the table")
+    mask_image = load_nifti(row["mask"], case_id)
+    reference_name = "T2" if "T2" in images else modalities[0]
+    reference = images[reference_name]
+    if mask_image.shape != reference.shape:
+        raise CaseFileError(
+            case_id,
+            row["mask"],
+            f"mask shape {mask_image.shape} does not match {reference_name} shape {reference.shape}",
+        )
+    if not np.allclose(mask_image.affine, reference.affine, atol=AFFINE_TOLERANCE_MM):
+        worst = float(np.abs(mask_image.affine - reference.affine).max())
+        raise CaseFileError(
+            case_id,
+            row["mask"],
+            f"mask affine differs from the {reference_name} affine (by up to {worst:.3g} mm)",
+        )
+    notes = []
+    if not check_voxels:
+        return notes
+    for modality, image in images.items():
+        data = read_volume(image, case_id)
+        bad = int(np.isnan(data).sum())
+        if bad:
+            raise CaseFileError(case_id, image.get_filename(), f"{modality} has {bad} NaN voxel(s)")
+    mask = read_volume(mask_image, case_id)
+    values = np.unique(mask)
+    if not np.all(np.isin(values, (0, 1))):
+        shown = ", ".join(f"{v:g}" for v in values[:6])
+        raise CaseFileError(case_id, row["mask"], f"mask is not binary: values {shown}")
+    if not values.max(initial=0):
+        notes.append(f"case {case_id}: empty tumour mask, case kept ({row['mask']})")
+    return notes
+
+
+def validate_cases(
+    table: pd.DataFrame,
+    problems: list[CaseProblem] | None = None,
+    modalities: tuple[str, ...] = MODALITIES,
+    skip_bad: bool = False,
+    check_voxels: bool = True,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Check every case's files; return the good cases and the skipped ones.
+
+    Hard problems (missing modality, unreadable or truncated file, mask/image
+    shape or affine mismatch, non-binary mask, NaN voxels, plus the table-level
+    ``problems``) stop the run with a ``CohortError`` listing them all, unless
+    ``skip_bad`` is set, in which case those cases are dropped and returned as
+    the second value. An empty mask only warns (``EmptyMaskWarning``).
+    ``check_voxels=False`` checks headers only (fast, but no truncation check).
+    """
+    unknown = set(modalities) - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; expected a subset of {MODALITIES}")
+    problems = list(problems or [])
+    bad_ids = {p.case_id for p in problems}
+    for _, row in tqdm(table.iterrows(), total=len(table), desc="checking cases", disable=not progress):
+        if row["case_id"] in bad_ids:
+            continue
+        try:
+            notes = _check_case(row, tuple(modalities), check_voxels)
+        except CaseFileError as error:
+            problems.append(CaseProblem(error.case_id, error.problem, error.path))
+            continue
+        for note in notes:
+            warnings.warn(note, EmptyMaskWarning, stacklevel=2)
+    if problems and not skip_bad:
+        raise CohortError(problems)
+    bad_ids = {p.case_id for p in problems}
+    good = table[~table["case_id"].isin(bad_ids)].reset_index(drop=True)
+    return good, problems
+
+
+def load_cohort(
+    root: str | Path,
+    modalities: tuple[str, ...] = MODALITIES,
+    skip_bad: bool = False,
+    check_voxels: bool = True,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Read a cohort in either layout (picked from what ``root`` holds) and validate it."""
+    root = Path(root)
+    if (root / COHORT_FILE).is_file():
+        table, problems = read_cohort(root)
+    elif (root / "dataset.json").is_file():
+        table, problems = read_nnunet(root)
+    else:
+        raise FileNotFoundError(
+            f"{root} holds neither {COHORT_FILE} (project layout) nor dataset.json (nnU-Net)"
+        )
+    return validate_cases(table, problems, modalities, skip_bad, check_voxels, progress)
+
+
+# ---------------------------------------------------------------------------
+# Writing nnU-Net's raw format.
+
+
+def write_nnunet(
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    modalities: tuple[str, ...] = MODALITIES,
+    progress: bool = True,
+) -> Path:
+    """Write the cases as an nnU-Net v2 raw dataset; returns ``dataset.json``'s path.
+
+    nnU-Net wants every channel on one grid, so a T1 that is not on the mask's
+    grid is resampled onto it through the headers' world coordinates (linear).
+    Give the registered T1 (notebook 02) in ``table['t1']`` to include the
+    registration. The clinical columns go to ``mstt_cases.csv`` beside it.
+    """
+    out_dir = Path(out_dir)
+    stale = sorted(
+        p.name for p in (out_dir / "labelsTr").glob("*.nii.gz") if p.name[:-7] not in set(table["case_id"])
+    )
+    if stale:
+        raise ValueError(
+            f"{out_dir} already holds other cases ({', '.join(stale[:5])}...); "
+            "export into an empty folder so that nnU-Net sees only this cohort"
+        )
+    (out_dir / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (out_dir / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for _, row in tqdm(table.iterrows(), total=len(table), desc="nnU-Net export", disable=not progress):
+        case_id = row["case_id"]
+        mask = load_nifti(row["mask"], case_id)
+        save_nifti(
+            read_volume(mask, case_id, np.uint8), mask.affine, out_dir / "labelsTr" / f"{case_id}.nii.gz"
+        )
+        for channel, modality in enumerate(modalities):
+            image = load_nifti(row[modality.lower()], case_id)
+            same_grid = image.shape == mask.shape and np.allclose(
+                image.affine, mask.affine, atol=AFFINE_TOLERANCE_MM
+            )
+            if not same_grid:
+                image = resample_from_to(image, (mask.shape, mask.affine), order=1)
+            data = np.asarray(image.dataobj, dtype=np.float32)
+            target = out_dir / "imagesTr" / f"{case_id}_{channel:04d}.nii.gz"
+            save_nifti(data, mask.affine, target)
+    dataset = {
+        "channel_names": {str(i): m for i, m in enumerate(modalities)},
+        "labels": {"background": 0, "tumour": 1},
+        "numTraining": int(len(table)),
+        "file_ending": ".nii.gz",
+        "name": "MSTT (mstt-book export)",
+    }
+    clinical = [c for c in ("case_id", "tissue", "site", "diagnosis", "annotation_modality") if c in table]
+    with atomic_path(out_dir / NNUNET_METADATA) as tmp:
+        table[clinical].to_csv(tmp, index=False)
+    with atomic_path(out_dir / "dataset.json") as tmp:
+        tmp.write_text(json.dumps(dataset, indent=2))
+    return out_dir / "dataset.json"
+
+
+def reference_image(row: pd.Series) -> nib.Nifti1Image:
+    """The image whose grid the mask lies on: T2 if the case has one, else T1."""
+    path = _text(row.get("t2")) or row["t1"]
+    return load_nifti(path, row["case_id"])

@@ -1,0 +1,122 @@
+"""NIfTI reading and writing with errors that name the case and the file.
+
+Every stage hands its results to the next one as files, so two rules live here:
+a file that cannot be read is reported with its case id and path (never a
+stack trace from inside nibabel), and a file is written to a temporary name and
+renamed, so that an interrupted run never leaves a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["CaseFileError", "atomic_path", "load_nifti", "read_volume", "save_nifti"]
+
+
+class CaseFileError(ValueError):
+    """A problem with one file of one case; the message names both."""
+
+    def __init__(self, case_id: str, path: str | os.PathLike | None, problem: str):
+        self.case_id = case_id
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        where = f" ({self.path})" if self.path else ""
+        super().__init__(f"case {case_id}: {problem}{where}")
+
+
+def load_nifti(path: str | os.PathLike, case_id: str = "?") -> nib.Nifti1Image:
+    """Open a NIfTI image and check that its header describes a usable 3D volume.
+
+    The voxel data is not read here; ``read_volume`` reads it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CaseFileError(case_id, path, "file not found")
+    try:
+        image = nib.load(path)
+    except Exception as exc:  # nibabel raises many types for a damaged header
+        raise CaseFileError(case_id, path, f"not a readable NIfTI file: {exc}") from None
+    if image.ndim != 3:
+        raise CaseFileError(case_id, path, f"expected a 3D volume, got shape {image.shape}")
+    # nibabel quietly replaces a zero pixdim by 1 when loading, so read the raw header too.
+    raw = _raw_pixdim(image, path)
+    columns = np.linalg.norm(image.affine[:3, :3], axis=0)
+    for spacing in (raw, columns):
+        if spacing is not None and (not np.all(np.isfinite(spacing)) or np.any(spacing <= 0)):
+            shown = tuple(round(float(s), 4) for s in spacing)
+            raise CaseFileError(case_id, path, f"degenerate voxel spacing {shown}")
+    return image
+
+
+def _raw_pixdim(image: nib.Nifti1Image, path: Path) -> np.ndarray | None:
+    """pixdim[1:4] as stored in the file, before nibabel's fixes (None for non-NIfTI)."""
+    header_class = type(image.header)
+    if not hasattr(header_class, "from_fileobj") or "pixdim" not in image.header:
+        return None
+    try:
+        with nib.openers.ImageOpener(path) as handle:
+            raw = header_class.from_fileobj(handle, check=False)
+        return np.asarray(raw["pixdim"][1:4], dtype=float)
+    except Exception:  # the header was readable a moment ago; keep nibabel's view
+        return None
+
+
+def read_volume(image: nib.Nifti1Image, case_id: str = "?", dtype: type = np.float32) -> np.ndarray:
+    """Read the voxel data of an opened image; a truncated file is a clear error."""
+    try:
+        return np.asarray(image.dataobj, dtype=dtype)
+    except Exception as exc:  # EOFError, zlib.error, ValueError for short files...
+        raise CaseFileError(
+            case_id, image.get_filename(), f"voxel data cannot be read (truncated?): {exc}"
+        ) from None
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary name keeps the suffixes (``.nii.gz``) so libraries that pick a
+    format by extension still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what a plain write gives
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_nifti(
+    data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, dtype: type | None = None
+) -> Path:
+    """Write a volume with a scanner-space qform and sform, atomically."""
+    array = np.asarray(data if dtype is None else data.astype(dtype))
+    image = nib.Nifti1Image(array, affine)
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    if np.issubdtype(array.dtype, np.integer):
+        image.header.set_slope_inter(1.0, 0.0)
+    with atomic_path(path) as tmp:
+        nib.save(image, tmp)
+    return Path(path)

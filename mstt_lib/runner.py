@@ -1,0 +1,190 @@
+"""Runs the book: the ordered notebooks with papermill, then jupyter-book.
+
+``mstt-book run`` executes ``notebooks/NN_*.ipynb`` in order with a named
+parameter set and kernel, and writes the executed copies to ``book/chapters/``,
+where ``_toc.yml`` points. ``mstt-book build`` renders them with jupyter-book
+1.x into ``_build/html``; ``mstt-book book`` does both. ``mstt-book references``
+copies the outputs of the cells nbval compares (``# NBVAL_CHECK_OUTPUT``) from
+the executed copies back into the source notebooks and strips everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import nbformat
+
+from mstt_lib.io import atomic_path
+from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, project_root
+
+__all__ = [
+    "CHECK_MARKER",
+    "notebook_paths",
+    "run_notebooks",
+    "build_book",
+    "store_references",
+    "main",
+]
+
+CHECK_MARKER = "# NBVAL_CHECK_OUTPUT"
+EXECUTED_DIR = Path("book") / "chapters"
+
+
+def notebook_paths(root: Path | None = None, only: Sequence[str] = ()) -> list[Path]:
+    """The book's notebooks in reading order; ``only`` keeps those whose name starts so."""
+    root = root or project_root()
+    paths = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        paths = [p for p in paths if any(p.name.startswith(prefix) for prefix in only)]
+        if not paths:
+            raise ValueError(f"no notebook starts with {list(only)} in {root / 'notebooks'}")
+    return paths
+
+
+def run_notebooks(
+    param_set: str = DEFAULT_SET,
+    kernel: str = "python3",
+    only: Sequence[str] = (),
+    parameters: dict | None = None,
+    root: Path | None = None,
+) -> list[Path]:
+    """Execute the notebooks with papermill; returns the executed copies' paths.
+
+    Each copy is written only when its notebook ran to the end, so a failed run
+    never leaves a half-executed chapter for the book to render.
+    """
+    import papermill
+
+    if param_set not in PARAMETER_SETS:
+        raise ValueError(f"unknown parameter set {param_set!r}; choose one of {sorted(PARAMETER_SETS)}")
+    root = root or project_root()
+    out_dir = root / EXECUTED_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for source in notebook_paths(root, only):
+        target = out_dir / source.name
+        started = time.perf_counter()
+        print(f"[mstt-book] running {source.name} (set {param_set}, kernel {kernel})", flush=True)
+        with atomic_path(target) as tmp:
+            try:
+                papermill.execute_notebook(
+                    str(source),
+                    str(tmp),
+                    parameters={"param_set": param_set, **(parameters or {})},
+                    kernel_name=kernel,
+                    cwd=str(source.parent),
+                    progress_bar=False,
+                )
+            except papermill.PapermillExecutionError as error:
+                raise SystemExit(
+                    f"[mstt-book] {source.name} failed in cell {error.exec_count}: "
+                    f"{error.ename}: {error.evalue}"
+                ) from None
+        print(f"[mstt-book] {source.name} done in {time.perf_counter() - started:.0f} s", flush=True)
+        written.append(target)
+    return written
+
+
+def _copy_plotly_js(root: Path) -> None:
+    """Ship plotly.js once with the book (offline, not from a CDN, not in every page)."""
+    import plotly
+
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    target = root / "_static" / "plotly.min.js"
+    target.parent.mkdir(exist_ok=True)
+    if not target.is_file() or target.stat().st_size != source.stat().st_size:
+        shutil.copyfile(source, target)
+
+
+def build_book(root: Path | None = None) -> Path:
+    """Render the executed notebooks with jupyter-book into ``_build/html``."""
+    root = root or project_root()
+    missing = [p.name for p in notebook_paths(root) if not (root / EXECUTED_DIR / p.name).is_file()]
+    if missing:
+        raise SystemExit(f"[mstt-book] not executed yet: {missing}; run `mstt-book run` first")
+    _copy_plotly_js(root)
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build", str(root)]
+    subprocess.run(command, check=True, cwd=root)
+    return root / "_build" / "html"
+
+
+def store_references(root: Path | None = None) -> list[Path]:
+    """Make the source notebooks hold only the outputs nbval compares.
+
+    For every cell marked ``# NBVAL_CHECK_OUTPUT`` the outputs of the executed
+    copy become the stored reference; all other outputs are dropped.
+    """
+    root = root or project_root()
+    changed = []
+    for source in notebook_paths(root):
+        executed_path = root / EXECUTED_DIR / source.name
+        notebook = nbformat.read(source, as_version=4)
+        executed = nbformat.read(executed_path, as_version=4) if executed_path.is_file() else None
+        by_source = {}
+        if executed is not None:
+            for cell in executed.cells:
+                if cell.cell_type == "code" and CHECK_MARKER in cell.source:
+                    by_source[cell.source] = cell
+        for cell in notebook.cells:
+            if cell.cell_type != "code":
+                continue
+            reference = by_source.get(cell.source)
+            if CHECK_MARKER in cell.source and reference is not None:
+                cell.outputs = reference.outputs
+                cell.execution_count = reference.execution_count
+            else:
+                cell.outputs = []
+                cell.execution_count = None
+            cell.metadata.pop("execution", None)
+            cell.metadata.pop("papermill", None)
+        with atomic_path(source) as tmp:
+            nbformat.write(notebook, tmp)
+        changed.append(source)
+    return changed
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: ``mstt-book {run,build,book,references}``."""
+    parser = argparse.ArgumentParser(prog="mstt-book", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("run", "execute the notebooks with papermill"),
+        ("book", "execute the notebooks, then build the HTML book"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--params", default=DEFAULT_SET, choices=sorted(PARAMETER_SETS))
+        command.add_argument("--kernel", default="python3")
+        command.add_argument("--only", nargs="*", default=(), help="notebook name prefixes, e.g. 01")
+        command.add_argument(
+            "-p",
+            nargs=2,
+            action="append",
+            default=[],
+            metavar=("NAME", "VALUE"),
+            help="a papermill parameter for every notebook (value read as YAML)",
+        )
+    commands.add_parser("build", help="build the HTML book from the executed notebooks")
+    commands.add_parser("references", help="store nbval reference outputs in the source notebooks")
+    args = parser.parse_args(argv)
+
+    if args.command in ("run", "book"):
+        import yaml
+
+        parameters = {name: yaml.safe_load(value) for name, value in args.p}
+        run_notebooks(args.params, args.kernel, args.only, parameters)
+    if args.command in ("build", "book"):
+        print(f"[mstt-book] book built: {build_book() / 'index.html'}")
+    if args.command == "references":
+        for path in store_references():
+            print(f"[mstt-book] references stored in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Headless Chromium opens the built book and uses the viewer (needs `make book` first)."""
+
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = ROOT / "_build" / "html" / "book" / "chapters" / "01_dataset_statistics.html"
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not PAGE.is_file():
+        pytest.fail(f"{PAGE} is missing: `make test` builds the book before the tests")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(ROOT / "_build" / "html"))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("Debian's chromium and chromium-driver are needed: `make browser-deps`")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--window-size=1400,1000",
+    ):
+        options.add_argument(flag)
+    chrome = webdriver.Chrome(service=Service(driver), options=options)
+    yield chrome
+    chrome.quit()
+
+
+def _wait(browser, script, timeout=20):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout).until(lambda b: b.execute_script(script))
+
+
+CANVAS_SUM = """
+const c = arguments[0];
+const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i] * 3 + d[i + 1] * 7 + d[i + 2] * 11;
+return s;"""
+
+
+def test_viewer_renders_and_its_slider_moves_the_slice(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{server}/book/chapters/01_dataset_statistics.html")
+    _wait(browser, "return document.querySelector('.mstt-viewer[data-ready=\"1\"]') !== null")
+    viewer = browser.find_element(By.CSS_SELECTOR, ".mstt-viewer")
+    canvases = viewer.find_elements(By.TAG_NAME, "canvas")
+    assert len(canvases) == 3
+    axial = viewer.find_element(By.CSS_SELECTOR, "figure.mstt-axial")
+    canvas = axial.find_element(By.TAG_NAME, "canvas")
+    slider = axial.find_element(By.CSS_SELECTOR, "input[type=range]")
+    caption = axial.find_element(By.CSS_SELECTOR, "figcaption")
+    assert canvas.size["width"] > 100 and canvas.size["height"] > 100
+    before_pixels = browser.execute_script(CANVAS_SUM, canvas)
+    assert before_pixels > 0, "the axial plane is blank"
+    before_caption, before_value = caption.text, int(slider.get_attribute("value"))
+
+    slider.click()
+    for _ in range(3):
+        slider.send_keys(Keys.ARROW_RIGHT if before_value == 0 else Keys.ARROW_LEFT)
+    after_value = int(slider.get_attribute("value"))
+    assert after_value != before_value
+    assert caption.text != before_caption and str(after_value + 1) in caption.text
+    assert browser.execute_script(CANVAS_SUM, canvas) != before_pixels, "slider did not redraw"
+
+    # The T1/T2 switch redraws the planes from the other image.
+    shown = browser.execute_script(CANVAS_SUM, canvas)
+    radios = viewer.find_elements(By.CSS_SELECTOR, "input.mstt-modality")
+    assert [r.get_attribute("value") for r in radios] == ["0", "1"]
+    radios[1].click()
+    assert browser.execute_script(CANVAS_SUM, canvas) != shown, "T1/T2 switch did not redraw"
+
+    # Clicking the axial plane moves the sagittal and coronal planes (linked planes).
+    sagittal = viewer.find_element(By.CSS_SELECTOR, "figure.mstt-sagittal figcaption").text
+    browser.execute_script(
+        "const c = arguments[0], r = c.getBoundingClientRect();"
+        "c.dispatchEvent(new MouseEvent('click', {clientX: r.left + 5, clientY: r.top + 5, bubbles: true}));",
+        canvas,
+    )
+    assert viewer.find_element(By.CSS_SELECTOR, "figure.mstt-sagittal figcaption").text != sagittal
+
+
+def test_plotly_figures_render_offline_from_the_books_own_plotly_js(server, browser):
+    browser.get(f"{server}/book/chapters/01_dataset_statistics.html")
+    _wait(browser, "return document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2")
+    resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    outside = [r for r in resources if not r.startswith(server) and not r.startswith("data:")]
+    assert not outside, f"the page fetched from outside the book: {outside}"
+    scripts = browser.execute_script(
+        "return Array.from(document.scripts).map(s => s.src).filter(s => s.includes('plotly'))"
+    )
+    assert len(scripts) == 1 and "_static/plotly.min.js" in scripts[0]

@@ -1,0 +1,36 @@
+"""The named parameter sets."""
+
+import pytest
+
+from mstt_lib.params import PARAMETER_SETS, get_params
+
+
+def test_both_named_sets_exist_with_the_same_keys():
+    assert {"smoke", "paper"} <= set(PARAMETER_SETS)
+    assert set(PARAMETER_SETS["smoke"]) == set(PARAMETER_SETS["paper"])
+
+
+def test_unknown_set_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="paper"):
+        get_params("quick")
+
+
+def test_unknown_key_is_an_error_not_silently_ignored():
+    with pytest.raises(ValueError, match="n_case"):
+        get_params("smoke", n_case=3)
+
+
+def test_overrides_apply_and_none_keeps_the_default():
+    params = get_params("smoke", n_cases=10, seed=None)
+    assert params["n_cases"] == 10 and params["seed"] == PARAMETER_SETS["smoke"]["seed"]
+    assert params["set"] == "smoke"
+
+
+def test_relative_folders_resolve_against_the_project_root(tmp_path, monkeypatch):
+    (tmp_path / "_config.yml").write_text("title: x\n")
+    (tmp_path / "mstt_lib").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    params = get_params("smoke")
+    assert params["data_dir"] == tmp_path / "data"
+    assert get_params("smoke", data_dir="/elsewhere")["data_dir"].as_posix() == "/elsewhere"
