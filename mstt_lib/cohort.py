@@ -110,9 +110,7 @@ def _object_column(values, index) -> pd.Series:
     return pd.Series(list(values), index=index, dtype=object)
 
 
-def _finish_table(
-    table: pd.DataFrame, root: Path, source: Path
-) -> tuple[pd.DataFrame, list[CaseProblem]]:
+def _finish_table(table: pd.DataFrame, root: Path, source: Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
     """Resolve paths, canonicalise tissue names, and find table-level problems.
 
     ``source`` is the file the table came from, named in the problems it has.

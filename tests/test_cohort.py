@@ -38,7 +38,7 @@ MASK_BLOCK = (slice(2, 5), slice(3, 6), slice(1, 3))  # 18 tumour voxels
 
 
 def _volume(seed: int, shape=SHAPE) -> np.ndarray:
-    return (np.arange(np.prod(shape), dtype=np.float32).reshape(shape) + 1 + 100 * seed)
+    return np.arange(np.prod(shape), dtype=np.float32).reshape(shape) + 1 + 100 * seed
 
 
 def _mask(shape=SHAPE) -> np.ndarray:
@@ -181,9 +181,7 @@ def test_unreadable_nifti_names_case_and_path(cohort):
     assert _path(root, "C2/t2.nii.gz") in str(error)
 
 
-@pytest.mark.parametrize(
-    "shape", [SHAPE, (32, 32, 16)], ids=["header-cut", "voxel-data-cut"]
-)
+@pytest.mark.parametrize("shape", [SHAPE, (32, 32, 16)], ids=["header-cut", "voxel-data-cut"])
 def test_truncated_nifti_names_case_and_path(cohort, shape):
     root, _ = cohort
     path = root / "C1/t1.nii.gz"
@@ -370,8 +368,13 @@ def t1_only_cohort(tmp_path) -> Path:
         save_nifti(_volume(1), T1_AFFINE, tmp_path / case_id / "t1.nii.gz")
         save_nifti(_mask(), T1_AFFINE, tmp_path / case_id / "mask.nii.gz")
         rows.append(
-            {"case_id": case_id, "tissue": "Fat", "t1": f"{case_id}/t1.nii.gz", "t2": "",
-             "mask": f"{case_id}/mask.nii.gz"}
+            {
+                "case_id": case_id,
+                "tissue": "Fat",
+                "t1": f"{case_id}/t1.nii.gz",
+                "t2": "",
+                "mask": f"{case_id}/mask.nii.gz",
+            }
         )
     _write_table(tmp_path, rows)
     return tmp_path
@@ -420,9 +423,7 @@ def test_write_nnunet_names_files_and_channels_as_nnunet_expects(cohort, tmp_pat
     assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [
         f"{c}_{k:04d}.nii.gz" for c in ("C1", "C2", "C3") for k in (0, 1)
     ]
-    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == [
-        "C1.nii.gz", "C2.nii.gz", "C3.nii.gz"
-    ]
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["C1.nii.gz", "C2.nii.gz", "C3.nii.gz"]
     # _0000 is the T1 (resampled), _0001 the T2 (copied voxel for voxel).
     np.testing.assert_array_equal(_nifti(out / "imagesTr/C2_0001.nii.gz").get_fdata(), _volume(2))
 
@@ -459,12 +460,25 @@ def test_write_nnunet_resamples_t1_onto_the_mask_grid(tmp_path):
         return 100 + world[..., 0] + 2 * world[..., 1] + 0.5 * world[..., 2]
 
     ijk = np.stack(np.meshgrid(*map(np.arange, t1_shape), indexing="ij"), axis=-1)
-    save_nifti(ramp(ijk @ t1_affine[:3, :3].T + t1_affine[:3, 3]).astype(np.float32),
-               t1_affine, tmp_path / "R1/t1.nii.gz")
+    save_nifti(
+        ramp(ijk @ t1_affine[:3, :3].T + t1_affine[:3, 3]).astype(np.float32),
+        t1_affine,
+        tmp_path / "R1/t1.nii.gz",
+    )
     save_nifti(_volume(0), T2_AFFINE, tmp_path / "R1/t2.nii.gz")
     save_nifti(_mask(), T2_AFFINE, tmp_path / "R1/mask.nii.gz")
-    _write_table(tmp_path, [{"case_id": "R1", "tissue": "Fat", "t1": "R1/t1.nii.gz",
-                             "t2": "R1/t2.nii.gz", "mask": "R1/mask.nii.gz"}])
+    _write_table(
+        tmp_path,
+        [
+            {
+                "case_id": "R1",
+                "tissue": "Fat",
+                "t1": "R1/t1.nii.gz",
+                "t2": "R1/t2.nii.gz",
+                "mask": "R1/mask.nii.gz",
+            }
+        ],
+    )
     table, _ = _load(tmp_path)
     out = tmp_path / "nnunet"
     write_nnunet(table, out, progress=False)

@@ -134,9 +134,7 @@ def test_load_nifti_garbage_bytes_names_case_and_path(tmp_path, suffix):
     assert "CASE_7" in str(info.value) and str(path) in str(info.value)
 
 
-@pytest.mark.parametrize(
-    "shape", [(4, 3), (4, 3, 2, 2), (4, 3, 2, 1)], ids=["2d", "4d", "4d-single"]
-)
+@pytest.mark.parametrize("shape", [(4, 3), (4, 3, 2, 2), (4, 3, 2, 1)], ids=["2d", "4d", "4d-single"])
 def test_load_nifti_rejects_a_volume_that_is_not_3d(tmp_path, shape):
     path = save_nifti(np.zeros(shape, np.float32), AFFINE, tmp_path / "vol.nii.gz")
     with pytest.raises(CaseFileError, match=r"expected a 3D volume") as info:

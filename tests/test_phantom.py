@@ -123,7 +123,11 @@ def test_plan_of_199_cases_is_table_1_exactly():
 def test_plan_of_199_cases_has_the_papers_tissue_totals_and_unique_ids():
     plan = plan_cohort(199)
     assert plan["tissue"].value_counts().to_dict() == {
-        "Fibrous": 40, "Fat": 40, "Myxoid": 40, "Nerve": 40, "Vascular": 39
+        "Fibrous": 40,
+        "Fat": 40,
+        "Myxoid": 40,
+        "Nerve": 40,
+        "Vascular": 39,
     }
     assert plan["case_id"].tolist() == [f"MSTT_{i:03d}" for i in range(1, 200)]
 
@@ -173,9 +177,15 @@ def test_plan_rejects_an_empty_cohort():
 
 def test_misalignment_matrix_rotates_about_the_centre_then_shifts():
     truth = {
-        "rot_x_deg": 0.0, "rot_y_deg": 0.0, "rot_z_deg": 90.0,
-        "centre_x_mm": 10.0, "centre_y_mm": 0.0, "centre_z_mm": 0.0,
-        "shift_x_mm": 1.0, "shift_y_mm": 2.0, "shift_z_mm": 3.0,
+        "rot_x_deg": 0.0,
+        "rot_y_deg": 0.0,
+        "rot_z_deg": 90.0,
+        "centre_x_mm": 10.0,
+        "centre_y_mm": 0.0,
+        "centre_z_mm": 0.0,
+        "shift_x_mm": 1.0,
+        "shift_y_mm": 2.0,
+        "shift_z_mm": 3.0,
     }
     matrix = misalignment_matrix(truth)
     # The centre only moves by the shift; a point 1 mm along +x turns to +y about it.
@@ -243,9 +253,7 @@ def test_tumour_lies_inside_the_body(cases, truth):
         # tumour breaking out of the body would be.
         body = _body_region(t2)
         assert body[mask].all(), case_id
-        depth = np.stack(
-            [ndimage.distance_transform_edt(body[:, :, k]) for k in range(body.shape[2])], -1
-        )
+        depth = np.stack([ndimage.distance_transform_edt(body[:, :, k]) for k in range(body.shape[2])], -1)
         assert depth[mask].min() >= 1.5, (case_id, depth[mask].min())
 
 
