@@ -122,7 +122,7 @@ class PhantomSettings:
 
     n_cases: int = 199
     seed: int = 0
-    version: int = 1  # of the generator: bump when its output changes, so old folders are refused
+    version: int = 2  # of the generator: bump when its output changes, so old folders are refused
     matrix: int = 192  # in-plane voxels of the T2 (reference) grid
     n_slices: int = 20  # axial slices of the T2 grid
     noise: float = 0.02  # Rician noise sigma, as a fraction of the fat signal
@@ -224,9 +224,13 @@ def _grid_affine(shape, spacing, axcodes: str, centre) -> np.ndarray:
 
 def _world_points(shape, affine) -> np.ndarray:
     """World coordinates (mm) of every voxel centre, shape (*shape, 3), float32."""
-    axes = [np.arange(n, dtype=np.float32) for n in shape]
-    ijk = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    return (ijk @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)).astype(np.float32)
+    matrix = affine[:3, :3].astype(np.float32)
+    points = np.empty((*shape, 3), dtype=np.float32)
+    points[...] = affine[:3, 3].astype(np.float32)
+    for axis, n in enumerate(shape):
+        index = np.arange(n, dtype=np.float32).reshape([-1 if a == axis else 1 for a in range(3)] + [1])
+        points += index * matrix[:, axis]
+    return points
 
 
 def _waves(rng: np.random.Generator, n: int, wavelength_mm: tuple[float, float]) -> np.ndarray:
@@ -260,6 +264,12 @@ class _Anatomy:
     bone_radii: tuple[float, float]  # outer (cortex), inner (marrow)
     vessels: list[tuple[float, float, float, int]]  # x, y, radius, kind
     septa: tuple[int, float]
+    # Along the limb the anatomy changes (outline, septa, bone, vessels), so that the
+    # scans can be registered along z too: (amplitude, wavelength mm, phase) waves.
+    outline_wave: tuple[float, float, float]
+    septa_twist: float  # radians per mm
+    bone_wave: tuple[float, float, float]
+    vessel_wave: tuple[float, float, float]
     tissue: str
     tumour_centre: np.ndarray
     tumour_radii: np.ndarray
@@ -341,6 +351,10 @@ def _draw_anatomy(rng: np.random.Generator, tissue: str, site: str, half_fov: fl
         bone_radii=bone_radii,
         vessels=vessels,
         septa=(int(rng.integers(3, 7)), rng.uniform(0, np.pi)),
+        outline_wave=(rng.uniform(0.04, 0.08), rng.uniform(50, 90), rng.uniform(0, 2 * np.pi)),
+        septa_twist=rng.uniform(0.004, 0.008) * rng.choice([-1, 1]),
+        bone_wave=(rng.uniform(0.12, 0.2), rng.uniform(40, 70), rng.uniform(0, 2 * np.pi)),
+        vessel_wave=(rng.uniform(2, 4), rng.uniform(30, 60), rng.uniform(0, 2 * np.pi)),
         tissue=tissue,
         tumour_centre=centre,
         tumour_radii=radii,
@@ -414,42 +428,58 @@ def _tumour_signal(anatomy: _Anatomy, points: np.ndarray, distance: np.ndarray):
 
 
 def _render(anatomy: _Anatomy, points: np.ndarray):
-    """T1 and T2 signal, tumour mask and body mask at anatomy-frame ``points``."""
-    x, y, z = (np.ascontiguousarray(points[..., i]) for i in range(3))
-    scale = 1 + np.float32(anatomy.taper / 100) * z
+    """T1 and T2 signal, tumour mask and body mask at anatomy-frame ``points``.
+
+    Only points inside the body outline are worked on (air is a third of a scan).
+    """
+    shape = points.shape[:-1]
+    flat = points.reshape(-1, 3)
+    x, y, z = (np.ascontiguousarray(flat[:, i]) for i in range(3))
+    amp, wavelength, phase = anatomy.outline_wave
+    scale = (
+        1
+        + np.float32(anatomy.taper / 100) * z
+        + np.float32(amp) * np.sin(z * (2 * np.pi / wavelength) + phase)
+    )
     a, b = anatomy.semi_axes
     rho = np.sqrt((x / (a * scale)) ** 2 + (y / (b * scale)) ** 2)
-    depth = (1 - rho) * min(a, b) * scale
     body = rho <= 1
-    label = np.full(points.shape[:-1], _MUSCLE, dtype=np.uint8)
-    label[~body] = _BACKGROUND
-    label[body & (depth < anatomy.skin_mm + anatomy.fat_mm)] = _FAT
-    label[body & (depth < anatomy.skin_mm)] = _SKIN
+    inside = np.flatnonzero(body)
+    x, y, z, rho, scale, flat = x[inside], y[inside], z[inside], rho[inside], scale[inside], flat[inside]
+
+    depth = (1 - rho) * min(a, b) * scale
+    label = np.full(len(inside), _MUSCLE, dtype=np.uint8)
+    label[depth < anatomy.skin_mm + anatomy.fat_mm] = _FAT
+    label[depth < anatomy.skin_mm] = _SKIN
     count, phase = anatomy.septa
     muscle = (label == _MUSCLE) & (rho > 0.3)
-    theta = np.arctan2(y[muscle], x[muscle])
+    theta = np.arctan2(y[muscle], x[muscle]) - anatomy.septa_twist * z[muscle]
     septa = np.abs(np.sin(count * (theta - phase) / 2)) < 0.035
-    label.reshape(-1)[np.flatnonzero(muscle)[septa]] = _FAT
+    label[np.flatnonzero(muscle)[septa]] = _FAT
     bx, by = anatomy.bone_xy
-    bone_r = np.sqrt((x - bx) ** 2 + (y - by) ** 2)
+    bone_amp, bone_length, bone_phase = anatomy.bone_wave
+    bone_scale = 1 + bone_amp * np.sin(z * (2 * np.pi / bone_length) + bone_phase)
+    bone_r = np.sqrt((x - bx) ** 2 + (y - by) ** 2) / bone_scale
     outer, inner = anatomy.bone_radii
-    label[body & (bone_r < outer)] = _CORTEX
-    label[body & (bone_r < inner)] = _MARROW
+    label[bone_r < outer] = _CORTEX
+    label[bone_r < inner] = _MARROW
+    vessel_amp, vessel_length, vessel_phase = anatomy.vessel_wave
+    wander = vessel_amp * np.sin(z * (2 * np.pi / vessel_length) + vessel_phase)
     for vx, vy, vr, kind in anatomy.vessels:
-        label[body & ((x - vx) ** 2 + (y - vy) ** 2 < vr**2)] = kind
+        label[(x - vx - wander) ** 2 + (y - vy) ** 2 < vr**2] = kind
     t1 = _SIGNAL[label, 0]
     t2 = _SIGNAL[label, 1]
     muscle = label == _MUSCLE
-    muscle_texture = _texture(points[muscle], anatomy.muscle_waves)
+    muscle_texture = _texture(flat[muscle], anatomy.muscle_waves)
     t1[muscle] += 0.03 * muscle_texture
     t2[muscle] += 0.02 * muscle_texture
 
     # The tumour is evaluated only inside its bounding box: most voxels are far from it.
     low, high = _tumour_box(anatomy)
-    near = np.all((points >= low) & (points <= high), axis=-1)
-    allowed = body & (depth >= anatomy.skin_mm) & (bone_r >= outer)
-    mask = np.zeros(points.shape[:-1], dtype=bool)
-    near_points = points[near]
+    near = np.all((flat >= low) & (flat <= high), axis=-1)
+    allowed = (depth >= anatomy.skin_mm) & (bone_r >= outer)
+    mask = np.zeros(len(inside), dtype=bool)
+    near_points = flat[near]
     if len(near_points):
         distance = _tumour_distance(anatomy, near_points)
         tumour_t1, tumour_t2, weight = _tumour_signal(anatomy, near_points, distance)
@@ -457,7 +487,13 @@ def _render(anatomy: _Anatomy, points: np.ndarray):
         t1[near] = t1[near] * (1 - weight) + tumour_t1 * weight
         t2[near] = t2[near] * (1 - weight) + tumour_t2 * weight
         mask[near] = (distance < 1) & allowed[near]
-    return t1, t2, mask, body
+
+    out = []
+    for values, dtype in ((t1, np.float32), (t2, np.float32), (mask, bool)):
+        full = np.zeros(body.size, dtype=dtype)
+        full[inside] = values
+        out.append(full.reshape(shape))
+    return out[0], out[1], out[2], body.reshape(shape)
 
 
 def _bias_field(rng: np.random.Generator, points: np.ndarray) -> np.ndarray:

@@ -1,0 +1,323 @@
+"""2.5D samples (paper, section 4.2) and the on-disk cache training reads them from.
+
+A sample is three consecutive slices (``index - 1``, ``index``, ``index + 1``,
+clipped at the volume's edges) of every modality in one plane, stacked
+modality-major: for T1 and T2 the six channels are
+
+    0: T1[index-1]  1: T1[index]  2: T1[index+1]  3: T2[index-1]  4: T2[index]  5: T2[index+1]
+
+(a T1-only cohort gives the first three). Planes: ``sagittal`` fixes axis 0 of the
+1 mm grid (image rows = axis 1, columns = axis 2), ``coronal`` fixes axis 1 (rows =
+axis 0, columns = axis 2), ``axial`` fixes axis 2 (rows = axis 0, columns = axis 1).
+Each sample is centre-padded or centre-cropped to ``size`` (256 x 256 in the paper).
+
+The cache holds, per case, the preprocessed 1 mm volumes as ``.npy`` files (images as
+float16, channels first; the mask as uint8), an index of every slice with its tumour
+voxel count, and a manifest. Samples are cut from memory-mapped volumes at read
+time, so preprocessing never runs twice and the cache stays a few MB per case.
+The folder name is a hash of the preprocessing settings and the input files, so a
+change of either builds a new cache; files are renamed into place when complete and
+the manifest is written last, so a half-written cache is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume
+from mstt_lib.preprocess import isotropic_grid, normalise_intensity, resample_array, resample_mask
+
+__all__ = [
+    "PLANES",
+    "PLANE_AXIS",
+    "CacheSettings",
+    "sample_25d",
+    "fit_to_size",
+    "restore_size",
+    "preprocess_case",
+    "build_cache",
+    "open_cache",
+    "SliceCache",
+]
+
+PLANES = ("axial", "coronal", "sagittal")
+PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+MANIFEST = "manifest.json"
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What the cached volumes depend on (the sample size and slice filter are read-time choices)."""
+
+    modalities: tuple[str, ...] = ("T1", "T2")
+    spacing_mm: float = 1.0
+    low_percentile: float = 0.05
+    high_percentile: float = 99.95
+
+
+# ---------------------------------------------------------------------------
+# Samples.
+
+
+def sample_25d(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The 2.5D sample of a (C, X, Y, Z) volume: (3C, rows, columns), channel order above."""
+    if plane not in PLANE_AXIS:
+        raise ValueError(f"unknown plane {plane!r}; choose one of {PLANES}")
+    if volume.ndim != 4:
+        raise ValueError(f"expected a (channels, x, y, z) volume, got shape {volume.shape}")
+    axis = PLANE_AXIS[plane] + 1
+    length = volume.shape[axis]
+    if not 0 <= index < length:
+        raise IndexError(f"{plane} slice {index} is outside 0..{length - 1}")
+    neighbours = np.clip([index - 1, index, index + 1], 0, length - 1)
+    stack = np.take(volume, neighbours, axis=axis)  # the 3 slices sit where `axis` was
+    stack = np.moveaxis(stack, axis, 1)  # (C, 3, rows, columns)
+    return stack.reshape(-1, *stack.shape[2:])
+
+
+def _offsets(length: int, target: int) -> tuple[int, int]:
+    """(start in source, start in target) of the centred overlap of two lengths."""
+    if length >= target:
+        return (length - target) // 2, 0
+    return 0, (target - length) // 2
+
+
+def fit_to_size(array: np.ndarray, size: tuple[int, int] = (256, 256), fill: float = 0.0) -> np.ndarray:
+    """Centre-pad or centre-crop the last two axes to ``size``."""
+    rows, columns = array.shape[-2:]
+    out = np.full((*array.shape[:-2], *size), fill, dtype=array.dtype)
+    (r_src, r_dst), (c_src, c_dst) = _offsets(rows, size[0]), _offsets(columns, size[1])
+    r_len, c_len = min(rows, size[0]), min(columns, size[1])
+    out[..., r_dst : r_dst + r_len, c_dst : c_dst + c_len] = array[
+        ..., r_src : r_src + r_len, c_src : c_src + c_len
+    ]
+    return out
+
+
+def restore_size(array: np.ndarray, shape: tuple[int, int], fill: float = 0.0) -> np.ndarray:
+    """Undo ``fit_to_size``: back to the original ``shape`` (cropped parts come back as ``fill``)."""
+    rows, columns = shape
+    out = np.full((*array.shape[:-2], rows, columns), fill, dtype=array.dtype)
+    size = array.shape[-2:]
+    (r_src, r_dst), (c_src, c_dst) = _offsets(rows, size[0]), _offsets(columns, size[1])
+    r_len, c_len = min(rows, size[0]), min(columns, size[1])
+    out[..., r_src : r_src + r_len, c_src : c_src + c_len] = array[
+        ..., r_dst : r_dst + r_len, c_dst : c_dst + c_len
+    ]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Preprocessing one case.
+
+
+def preprocess_case(row: pd.Series, settings: CacheSettings = CacheSettings()) -> dict:
+    """Resample a registered case to the isotropic grid and normalise its images.
+
+    Returns ``image`` (C, X, Y, Z) float32 in [0, 1], ``mask`` (X, Y, Z) bool, the
+    grid's ``affine``, and the native grid (``native_shape``, ``native_affine``) that
+    predictions map back to. A mask that is empty after resampling is an error.
+    """
+    case_id = row["case_id"]
+    mask_image = load_nifti(row["mask"], case_id)
+    native_mask = read_volume(mask_image, case_id)
+    shape, affine = isotropic_grid(mask_image.shape, mask_image.affine, settings.spacing_mm)
+    channels = []
+    for modality in settings.modalities:
+        path = row.get(modality.lower())
+        if not path or (isinstance(path, float) and np.isnan(path)):
+            raise CaseFileError(case_id, None, f"missing modality {modality} for preprocessing")
+        image = load_nifti(path, case_id)
+        data = resample_array(read_volume(image, case_id), image.affine, shape, affine, order=1)
+        channels.append(normalise_intensity(data, settings.low_percentile, settings.high_percentile))
+    mask = resample_mask(native_mask, mask_image.affine, shape, affine)
+    if not mask.any():
+        raise CaseFileError(
+            case_id,
+            row["mask"],
+            f"mask is empty after resampling to {settings.spacing_mm} mm "
+            f"({int((native_mask > 0).sum())} voxel(s) on the native grid)",
+        )
+    native = row.get("native_mask") or row["mask"]
+    native_image = load_nifti(native, case_id)
+    return {
+        "image": np.stack(channels),
+        "mask": mask,
+        "affine": affine,
+        "native_shape": tuple(native_image.shape),
+        "native_affine": native_image.affine,
+        "native_spacing": tuple(float(s) for s in native_image.header.get_zooms()[:3]),
+    }
+
+
+# ---------------------------------------------------------------------------
+# The cache.
+
+
+def _fingerprint(cases: pd.DataFrame, settings: CacheSettings) -> str:
+    """Hash of the settings and of every input file's path, size and modification time."""
+    files = []
+    for row in cases.sort_values("case_id").to_dict("records"):
+        for column in ("t1", "t2", "mask"):
+            path = row.get(column)
+            if isinstance(path, str) and path:
+                stat = os.stat(path)
+                files.append((row["case_id"], column, path, stat.st_size, stat.st_mtime_ns))
+    payload = json.dumps({"version": CACHE_VERSION, "settings": asdict(settings), "files": files})
+    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+
+
+def _cache_case(job: tuple) -> dict:
+    row, folder, settings = job
+    case_id = row["case_id"]
+    meta_file = Path(folder) / f"{case_id}.json"
+    if meta_file.is_file():  # finished earlier: resume
+        return json.loads(meta_file.read_text())
+    try:
+        case = preprocess_case(pd.Series(row), settings)
+    except CaseFileError as error:
+        return {"case_id": case_id, "error": str(error)}
+    with atomic_path(Path(folder) / f"{case_id}.image.npy") as tmp:
+        np.save(tmp, case["image"].astype(np.float16))
+    with atomic_path(Path(folder) / f"{case_id}.mask.npy") as tmp:
+        np.save(tmp, case["mask"].astype(np.uint8))
+    mask = case["mask"]
+    counts = {plane: mask.sum(axis=tuple(a for a in range(3) if a != PLANE_AXIS[plane])) for plane in PLANES}
+    meta = {
+        "case_id": case_id,
+        "shape": list(mask.shape),
+        "affine": case["affine"].tolist(),
+        "native_shape": list(case["native_shape"]),
+        "native_affine": np.asarray(case["native_affine"]).tolist(),
+        "native_spacing": list(case["native_spacing"]),
+        "tumour_voxels": {plane: counts[plane].astype(int).tolist() for plane in PLANES},
+    }
+    with atomic_path(meta_file) as tmp:
+        tmp.write_text(json.dumps(meta))
+    return meta
+
+
+def build_cache(
+    cases: pd.DataFrame,
+    cache_root: str | os.PathLike,
+    settings: CacheSettings = CacheSettings(),
+    workers: int = 2,
+    progress: bool = True,
+    skip_bad: bool = False,
+) -> Path:
+    """Preprocess every case into ``<cache_root>/<hash>/`` (reused if complete); return the folder.
+
+    A case that cannot be preprocessed (e.g. its mask is empty at 1 mm) stops the
+    build with its message, or with ``skip_bad`` is left out and listed in the
+    manifest's ``skipped``.
+    """
+    folder = Path(cache_root) / _fingerprint(cases, settings)
+    manifest_file = folder / MANIFEST
+    if manifest_file.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    jobs = [(row, str(folder), settings) for row in cases.to_dict("records")]
+    bar = dict(total=len(jobs), desc="preprocessing", unit="case", disable=not progress)
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            metas = list(tqdm(pool.map(_cache_case, jobs), **bar))
+    else:
+        metas = [_cache_case(job) for job in tqdm(jobs, **bar)]
+    errors = [m for m in metas if "error" in m]
+    if errors and not skip_bad:
+        listing = "\n".join(f"  - {m['error']}" for m in errors)
+        raise CaseFileError(
+            errors[0]["case_id"], None, f"preprocessing failed for {len(errors)} case(s):\n{listing}"
+        )
+    good = [m for m in metas if "error" not in m]
+    rows = [
+        (m["case_id"], plane, index, voxels)
+        for m in good
+        for plane in PLANES
+        for index, voxels in enumerate(m["tumour_voxels"][plane])
+    ]
+    index = pd.DataFrame(rows, columns=["case_id", "plane", "index", "tumour_voxels"])
+    with atomic_path(folder / "slices.csv") as tmp:
+        index.to_csv(tmp, index=False)
+    manifest = {
+        "settings": asdict(settings),
+        "cases": [m["case_id"] for m in good],
+        "skipped": [m["error"] for m in errors],
+        "channels": [f"{m}[{o}]" for m in settings.modalities for o in ("index-1", "index", "index+1")],
+    }
+    with atomic_path(manifest_file) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    return folder
+
+
+class SliceCache:
+    """Reads 2.5D samples from a complete cache through memory-mapped volumes."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        manifest_file = self.folder / MANIFEST
+        if not manifest_file.is_file():
+            raise FileNotFoundError(
+                f"{self.folder} is not a complete slice cache (no {MANIFEST}); build it first"
+            )
+        self.manifest = json.loads(manifest_file.read_text())
+        self.settings = CacheSettings(
+            **{**self.manifest["settings"], "modalities": tuple(self.manifest["settings"]["modalities"])}
+        )
+        self.slices = pd.read_csv(self.folder / "slices.csv")
+        self._volumes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def case_ids(self) -> list[str]:
+        return list(self.manifest["cases"])
+
+    def meta(self, case_id: str) -> dict:
+        return json.loads((self.folder / f"{case_id}.json").read_text())
+
+    def volumes(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """The memory-mapped (C, X, Y, Z) image and (X, Y, Z) mask of a case."""
+        if case_id not in self._volumes:
+            self._volumes[case_id] = (
+                np.load(self.folder / f"{case_id}.image.npy", mmap_mode="r"),
+                np.load(self.folder / f"{case_id}.mask.npy", mmap_mode="r"),
+            )
+        return self._volumes[case_id]
+
+    def select(
+        self,
+        case_ids=None,
+        planes=PLANES,
+        min_tumour_voxels: int | None = 100,
+    ) -> pd.DataFrame:
+        """Rows of the slice index to use: training keeps slices with more than
+        ``min_tumour_voxels`` tumour voxels (the paper's 100); ``None`` keeps every slice."""
+        rows = self.slices[self.slices["plane"].isin(planes)]
+        if case_ids is not None:
+            rows = rows[rows["case_id"].isin(list(case_ids))]
+        if min_tumour_voxels is not None:
+            rows = rows[rows["tumour_voxels"] > min_tumour_voxels]
+        return rows.reset_index(drop=True)
+
+    def sample(self, case_id: str, plane: str, index: int, size=(256, 256)) -> tuple[np.ndarray, np.ndarray]:
+        """One 2.5D sample: image (3C, H, W) float32 in [0, 1] and mask (H, W) uint8."""
+        image, mask = self.volumes(case_id)
+        x = sample_25d(image, plane, index).astype(np.float32)
+        y = np.take(mask, index, axis=PLANE_AXIS[plane])
+        if size is not None:
+            x, y = fit_to_size(x, size), fit_to_size(np.asarray(y), size)
+        return x, np.asarray(y)
+
+
+def open_cache(folder: str | os.PathLike) -> SliceCache:
+    """A ``SliceCache`` on a folder written by ``build_cache``."""
+    return SliceCache(folder)
