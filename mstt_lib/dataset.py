@@ -1,4 +1,10 @@
-"""The cohort a parameter set names: the synthetic one (made on first use) or a folder."""
+"""The cohort a parameter set names, and where each stage keeps its files for it.
+
+Stages hand over files: the cohort (``data/synthetic-<set>`` or the user's folder),
+the registered cohort (``<work_dir>/registration/<cohort>-<transform>``) and the
+slice cache (``<work_dir>/cache/<hash>``). Each function here runs its stage only
+when its files are missing, so any notebook can be rerun on its own.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,21 @@ from typing import Any
 
 import pandas as pd
 
-from mstt_lib.cohort import CaseProblem, load_cohort
-from mstt_lib.phantom import PhantomSettings, generate_cohort
+from mstt_lib.cohort import TISSUES, CaseProblem, load_cohort, read_cohort
+from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort
 
-__all__ = ["cohort_dir", "open_cohort"]
+__all__ = [
+    "cohort_dir",
+    "open_cohort",
+    "select_cases",
+    "selected_cases",
+    "phantom_truth",
+    "registration_settings",
+    "registration_dir",
+    "registered_cohort",
+    "cache_settings",
+    "slice_cache",
+]
 
 
 def cohort_dir(params: dict[str, Any]) -> Path:
@@ -42,3 +59,104 @@ def open_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd.DataF
         skip_bad=params["skip_bad_cases"],
         progress=progress,
     )
+
+
+def select_cases(cases: pd.DataFrame, per_tissue: int | None) -> pd.DataFrame:
+    """The first ``per_tissue`` cases of each tissue by case id (all when None).
+
+    Cases without a recorded tissue are kept up to the same number.
+    """
+    if per_tissue is None:
+        return cases.reset_index(drop=True)
+    ordered = cases.sort_values("case_id")
+    picked = ordered.groupby(ordered["tissue"].fillna("unknown"), sort=False).head(per_tissue)
+    order = {t: i for i, t in enumerate(TISSUES)}
+    key = picked["tissue"].map(order).fillna(len(TISSUES))
+    return (
+        picked.assign(_order=key)
+        .sort_values(["_order", "case_id"])
+        .drop(columns="_order")
+        .reset_index(drop=True)
+    )
+
+
+def selected_cases(params: dict[str, Any], progress: bool = True) -> pd.DataFrame:
+    """The checked cases the later stages work on: ``cases_per_tissue`` of each tissue."""
+    cases, _ = open_cohort(params, progress=progress)
+    return select_cases(cases, params["cases_per_tissue"])
+
+
+def phantom_truth(params: dict[str, Any]) -> pd.DataFrame | None:
+    """The synthetic cohort's recorded truth (misalignment, volumes), or None for real data."""
+    path = cohort_dir(params) / TRUTH_FILE
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def registration_settings(params: dict[str, Any]):
+    from mstt_lib.registration import RegistrationSettings
+
+    return RegistrationSettings(
+        transform=params["registration"],
+        seed=params["seed"],
+        min_mutual_information=params["registration_min_mi"],
+    )
+
+
+def registration_dir(params: dict[str, Any]) -> Path:
+    """``<work_dir>/registration/<cohort>-<transform>-<settings hash>``."""
+    return (
+        Path(params["work_dir"])
+        / "registration"
+        / f"{cohort_dir(params).name}-{registration_settings(params).key()}"
+    )
+
+
+def registered_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The set's cases registered T1 onto T2 (registering those not done yet).
+
+    Returns the registered case table (only cases whose registration passed) and the
+    quality table of every selected case. A T1-only cohort is passed through unchanged.
+    """
+    from mstt_lib.registration import register_cohort
+
+    cases = selected_cases(params, progress)
+    if "T2" not in params["modalities"] or "T1" not in params["modalities"]:
+        return cases.assign(native_mask=cases["mask"]), pd.DataFrame(
+            {"case_id": cases["case_id"], "status": "ok"}
+        )
+    settings = registration_settings(params)
+    folder = registration_dir(params)
+    quality = register_cohort(
+        cases, folder, settings, truth=phantom_truth(params), workers=params["workers"], progress=progress
+    )
+    registered, _ = read_cohort(folder)
+    native = cases.set_index("case_id")["mask"]
+    registered["native_mask"] = registered["case_id"].map(native)
+    return registered, quality
+
+
+def cache_settings(params: dict[str, Any]):
+    from mstt_lib.slices import CacheSettings
+
+    return CacheSettings(
+        modalities=tuple(params["modalities"]),
+        spacing_mm=float(params["spacing_mm"]),
+        low_percentile=float(params["low_percentile"]),
+        high_percentile=float(params["high_percentile"]),
+    )
+
+
+def slice_cache(params: dict[str, Any], progress: bool = True):
+    """The set's slice cache (``SliceCache``), built from the registered cohort if needed."""
+    from mstt_lib.slices import SliceCache, build_cache
+
+    registered, _ = registered_cohort(params, progress=progress)
+    folder = build_cache(
+        registered,
+        Path(params["work_dir"]) / "cache",
+        cache_settings(params),
+        workers=params["workers"],
+        progress=progress,
+        skip_bad=params["skip_bad_cases"],
+    )
+    return SliceCache(folder)

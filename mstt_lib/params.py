@@ -27,10 +27,24 @@ _COMMON: dict[str, Any] = {
     "skip_bad_cases": False,
     "data_dir": "data",
     "work_dir": "work",
+    "workers": 2,  # processes for per-case stages (registration, preprocessing)
+    # Later stages work on this many cases per tissue (None: every case).
+    "cases_per_tissue": None,
+    # Registration of T1 onto T2 (paper: ANTs; rigid): "rigid", "affine" or "syn".
+    "registration": "rigid",
+    "registration_min_mi": 0.3,  # quality threshold: Mattes mutual information after registration
+    # Preprocessing and 2.5D samples (paper, section 4.2).
+    "spacing_mm": 1.0,
+    "low_percentile": 0.05,
+    "high_percentile": 99.95,
+    "image_size": 256,
+    "min_tumour_voxels": 100,  # training keeps slices with more tumour voxels than this
 }
 
 PARAMETER_SETS: dict[str, dict[str, Any]] = {
-    "smoke": {**_COMMON},
+    # Small enough for the whole book on a 2-core CPU in minutes.
+    "smoke": {**_COMMON, "cases_per_tissue": 4},
+    # The paper's settings, for a GPU machine.
     "paper": {**_COMMON},
 }
 

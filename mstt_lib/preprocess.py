@@ -131,13 +131,18 @@ def resample_array(
 ) -> np.ndarray:
     """Sample ``data`` (on ``source_affine``) at the voxel centres of the target grid.
 
-    ``order`` 1 is trilinear, 0 nearest; points outside the source get ``fill``.
+    ``order`` 1 is trilinear, 0 nearest. A voxel's value holds up to its edges, so
+    target points within the source's field of view (its voxel centres plus half a
+    voxel on every side) get the edge values; points farther out get ``fill``.
     """
     source_from_target = np.linalg.inv(source_affine) @ target_affine
+    # One voxel of edge padding lets points up to a voxel past the outer centres take the
+    # edge value; without it scipy gives `fill` half a voxel inside the field of view.
+    padded = np.pad(np.asarray(data, dtype=np.float32), 1, mode="edge")
     return ndimage.affine_transform(
-        np.asarray(data, dtype=np.float32),
+        padded,
         source_from_target[:3, :3],
-        offset=source_from_target[:3, 3],
+        offset=source_from_target[:3, 3] + 1,
         output_shape=tuple(target_shape),
         order=order,
         mode="constant",

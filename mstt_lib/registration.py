@@ -14,7 +14,9 @@ conversions live here and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from mstt_lib.cohort import write_cohort_table
 from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume, save_nifti
 from mstt_lib.phantom import misalignment_matrix
-from mstt_lib.preprocess import field_of_view_overlap, has_shear, remove_shear, resample_image
+from mstt_lib.preprocess import field_of_view_overlap, has_shear, remove_shear, resample_image, resample_mask
 
 __all__ = [
     "TRANSFORMS",
@@ -54,6 +56,18 @@ class RegistrationSettings:
     min_mutual_information: float = 0.3
     max_residual_mm: float = 2.0  # synthetic cohort only: recorded misalignment not recovered
     min_overlap: float = 0.25  # fraction of the smaller field of view that the other covers
+    # ANTs optimisation: three resolution levels with 5 % of the voxels sampled recover
+    # the synthetic misalignment to a few tenths of a mm at a third of the cost of
+    # ANTs' defaults (2100/1200/1200/10 iterations, 20 % sampled).
+    shrink_factors: tuple[int, ...] = (4, 2, 1)
+    smoothing_sigmas: tuple[float, ...] = (2, 1, 0)
+    iterations: tuple[int, ...] = (200, 100, 50)
+    sampling_rate: float = 0.05
+
+    def key(self) -> str:
+        """A short name for these settings, for folder names."""
+        text = json.dumps(asdict(self), sort_keys=True)
+        return f"{self.transform}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 # ---------------------------------------------------------------------------
@@ -154,19 +168,25 @@ def register_case(
             row["t1"],
             f"T1 and T2 fields of view do not overlap enough to register ({overlap:.0%} of the smaller)",
         )
-    # ITK cannot represent a sheared grid: resample such an image onto the nearest orthogonal one.
-    t1, t2 = (remove_shear(image) if has_shear(image.affine) else image for image in (t1, t2))
+    # ITK cannot represent a sheared grid: resample such an image onto the nearest
+    # orthogonal one (and the mask with its T2).
+    if has_shear(t1.affine):
+        t1 = remove_shear(t1)
+    if has_shear(t2.affine):
+        t2 = remove_shear(t2)
+        on_grid = resample_mask(read_volume(mask, case_id), mask.affine, t2.shape, t2.affine)
+        mask = nib.Nifti1Image(on_grid.astype(np.uint8), t2.affine)
 
     fixed, moving = _to_ants(t2, read_volume(t2, case_id)), _to_ants(t1, read_volume(t1, case_id))
     result = ants.registration(
         fixed=fixed,
         moving=moving,
         type_of_transform=TRANSFORMS[settings.transform],
-        random_seed=settings.seed,
         aff_metric="mattes",
-        aff_iterations=(200, 100, 50),
-        aff_shrink_factors=(4, 2, 1),
-        aff_smoothing_sigmas=(2, 1, 0),
+        aff_iterations=settings.iterations,
+        aff_shrink_factors=settings.shrink_factors,
+        aff_smoothing_sigmas=settings.smoothing_sigmas,
+        aff_random_sampling_rate=settings.sampling_rate,
         verbose=False,
     )
     # The pair's grid: the larger image's (more voxels), as the paper did.
@@ -199,7 +219,7 @@ def register_case(
         save_nifti(read_volume(mask, case_id, np.uint8), mask.affine, staging / "mask.nii.gz")
     else:
         t2_on_grid = resample_image(t2, larger.shape, larger.affine, order=1)
-        mask_on_grid = resample_image(mask, larger.shape, larger.affine, order=1) >= 0.5
+        mask_on_grid = resample_mask(read_volume(mask, case_id), mask.affine, larger.shape, larger.affine)
         save_nifti(t2_on_grid, larger.affine, staging / "t2.nii.gz", dtype=np.float32)
         save_nifti(mask_on_grid, larger.affine, staging / "mask.nii.gz", dtype=np.uint8)
 
@@ -278,7 +298,9 @@ def register_cohort(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_file = out_dir / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != asdict(settings):
+    if settings_file.is_file() and json.loads(settings_file.read_text()) != json.loads(
+        json.dumps(asdict(settings))
+    ):
         raise ValueError(f"{out_dir} holds registrations made with other settings; use another folder")
     with atomic_path(settings_file) as tmp:
         tmp.write_text(json.dumps(asdict(settings), indent=1))
@@ -288,11 +310,12 @@ def register_cohort(
         for row in cases.to_dict("records")
     ]
     bar = dict(total=len(jobs), desc="registration", unit="case", disable=not progress)
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_itk) as pool:
-            rows = list(tqdm(pool.map(_register_job, jobs), **bar))
-    else:
-        rows = [_register_job(job) for job in tqdm(jobs, **bar)]
+    # Fresh processes, so that ANTs starts seeded and single-threaded (see _seeded_ants).
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=max(1, workers), mp_context=context, initializer=_seeded_ants, initargs=(settings.seed,)
+    ) as pool:
+        rows = list(tqdm(pool.map(_register_job, jobs), **bar))
     results = pd.DataFrame(rows)
     with atomic_path(out_dir / RESULTS_FILE) as tmp:
         results.to_csv(tmp, index=False)
@@ -305,6 +328,12 @@ def register_cohort(
     return results
 
 
-def _single_threaded_itk() -> None:
-    # Two processes of one ITK thread each use both cores and give the same numbers every run.
+def _seeded_ants(seed: int) -> None:
+    """Make ANTs repeatable in this process: it must run before ``import ants``.
+
+    antspyx ignores a seed argument to ``registration``; its random sampling reads
+    ``ANTS_RANDOM_SEED`` (0 means unseeded, hence + 1), and ITK's threads split the
+    work differently run to run, so one thread per process (two processes use both cores).
+    """
+    os.environ["ANTS_RANDOM_SEED"] = str(seed + 1)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"

@@ -224,6 +224,12 @@ def build_cache(
     folder = Path(cache_root) / _fingerprint(cases, settings)
     manifest_file = folder / MANIFEST
     if manifest_file.is_file():
+        skipped = json.loads(manifest_file.read_text())["skipped"]
+        if skipped and not skip_bad:
+            listing = "\n".join(f"  - {message}" for message in skipped)
+            raise CaseFileError(
+                "(cache)", folder, f"{len(skipped)} case(s) could not be preprocessed:\n{listing}"
+            )
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(row, str(folder), settings) for row in cases.to_dict("records")]
