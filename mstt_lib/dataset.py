@@ -17,6 +17,9 @@ from mstt_lib.cohort import TISSUES, CaseProblem, load_cohort, read_cohort
 from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort
 
 __all__ = [
+    "splits",
+    "train_settings",
+    "run_dir",
     "cohort_dir",
     "open_cohort",
     "select_cases",
@@ -160,3 +163,56 @@ def slice_cache(params: dict[str, Any], progress: bool = True):
         skip_bad=params["skip_bad_cases"],
     )
     return SliceCache(folder)
+
+
+def splits(params: dict[str, Any], cases: pd.DataFrame) -> list[dict[str, list[str]]]:
+    """The folds of these cases: ``<work_dir>/splits/<cohort>-<cases hash>.json``, made once."""
+    import hashlib
+
+    from mstt_lib.folds import ensure_splits
+
+    digest = hashlib.sha1(",".join(sorted(cases["case_id"])).encode()).hexdigest()[:8]
+    path = Path(params["work_dir"]) / "splits" / f"{cohort_dir(params).name}-{len(cases)}cases-{digest}.json"
+    return ensure_splits(cases, path, params["n_folds"], params["fold_seed"])
+
+
+def train_settings(params: dict[str, Any], model: str, fold: int):
+    """The ``TrainSettings`` of one (model, fold) run of the set."""
+    from mstt_lib.train import TrainSettings
+
+    weights = params["unet_weights"] if model == "unet" else params["litemedsam_weights"]
+    return TrainSettings(
+        model=model,
+        fold=int(fold),
+        epochs=int(params["epochs"]),
+        batch_size=int(params["batch_size"]),
+        lr=float(params["lr"]),
+        encoder=params["encoder"],
+        weights=None if weights is None else str(weights),
+        loss=params["loss"],
+        image_size=int(params["image_size"]),
+        min_tumour_voxels=int(params["min_tumour_voxels"]),
+        augment=bool(params["augment"]),
+        samples_per_epoch=params["samples_per_epoch"],
+        val_samples=params["val_samples"],
+        seed=int(params["seed"]),
+        device=params["device"],
+    )
+
+
+def run_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
+    """``<work_dir>/runs/<cohort>/<model>-fold<k>-<hash>``: one folder per run.
+
+    The hash covers the training settings (except the number of epochs: more epochs
+    continue the same run) and the slice cache the run reads, so changed data or
+    settings never resume an old run.
+    """
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    settings = asdict(train_settings(params, model, fold))
+    settings.pop("epochs")
+    settings["cache"] = Path(cache.folder).name
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(params["work_dir"]) / "runs" / cohort_dir(params).name / f"{model}-fold{fold}-{digest}"

@@ -39,11 +39,36 @@ _COMMON: dict[str, Any] = {
     "high_percentile": 99.95,
     "image_size": 256,
     "min_tumour_voxels": 100,  # training keeps slices with more tumour voxels than this
+    # Training (paper, section 3 and Appendix A).
+    "models": ("unet", "litemedsam"),
+    "folds": (0, 1, 2, 3, 4),  # the folds trained (and evaluated) of the 5
+    "n_folds": 5,
+    "fold_seed": 42,
+    "epochs": 5,
+    "batch_size": 16,
+    "lr": 1e-4,
+    "loss": "bce",  # the paper's; "dice_bce" adds soft Dice
+    "encoder": "se_resnext50_32x4d",
+    "unet_weights": None,  # a local 3-channel ImageNet encoder file (nothing is downloaded)
+    "litemedsam_weights": None,  # a local lite_medsam.pth
+    "augment": True,
+    "samples_per_epoch": None,  # None: every training sample, every epoch
+    "val_samples": None,
+    "device": "auto",  # CUDA when present, else the CPU
 }
 
 PARAMETER_SETS: dict[str, dict[str, Any]] = {
     # Small enough for the whole book on a 2-core CPU in minutes.
-    "smoke": {**_COMMON, "cases_per_tissue": 4},
+    "smoke": {
+        **_COMMON,
+        "cases_per_tissue": 5,
+        "folds": (0,),
+        "epochs": 2,
+        "batch_size": 4,
+        "encoder": "resnet18",
+        "samples_per_epoch": 16,  # LiteMedSAM takes about 10 s per step of 4 on 2 CPU cores
+        "val_samples": 16,
+    },
     # The paper's settings, for a GPU machine.
     "paper": {**_COMMON},
 }

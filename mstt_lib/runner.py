@@ -3,7 +3,9 @@
 ``mstt-book run`` executes ``notebooks/NN_*.ipynb`` in order with a named
 parameter set and kernel, and writes the executed copies to ``book/chapters/``,
 where ``_toc.yml`` points. ``mstt-book build`` renders them with jupyter-book
-1.x into ``_build/html``; ``mstt-book book`` does both. ``mstt-book references``
+1.x into ``_build/html``; ``mstt-book book`` does both. ``mstt-book grid`` runs the
+training chapter once per (model, fold) of the set, each into its own executed copy
+under ``<work_dir>/grid/``. ``mstt-book references``
 copies the outputs of the cells nbval compares (``# NBVAL_CHECK_OUTPUT``) from
 the executed copies back into the source notebooks and strips everything else.
 """
@@ -91,6 +93,48 @@ def run_notebooks(
     return written
 
 
+def run_grid(
+    param_set: str = DEFAULT_SET,
+    kernel: str = "python3",
+    parameters: dict | None = None,
+    root: Path | None = None,
+) -> list[Path]:
+    """Run the training notebook for every (model, fold) of the set, one papermill run each."""
+    import papermill
+
+    from mstt_lib.params import get_params
+
+    root = root or project_root()
+    source = notebook_paths(root, ["04"])[0]
+    parameters = dict(parameters or {})
+    params = get_params(param_set, **{k: v for k, v in parameters.items() if k in PARAMETER_SETS[param_set]})
+    out_dir = Path(params["work_dir"]) / "grid" / param_set
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = parameters.pop("models", None) or params["models"]
+    folds = parameters.pop("folds", None) or params["folds"]
+    written = []
+    for model in models:
+        for fold in folds:
+            target = out_dir / f"{source.stem}-{model}-fold{fold}.ipynb"
+            print(f"[mstt-book] training {model} fold {fold} (set {param_set}) -> {target}", flush=True)
+            with atomic_path(target) as tmp:
+                papermill.execute_notebook(
+                    str(source),
+                    str(tmp),
+                    parameters={
+                        **parameters,
+                        "param_set": param_set,
+                        "models": [model],
+                        "folds": [int(fold)],
+                    },
+                    kernel_name=kernel,
+                    cwd=str(source.parent),
+                    progress_bar=False,
+                )
+            written.append(target)
+    return written
+
+
 def _copy_plotly_js(root: Path) -> None:
     """Ship plotly.js once with the book (offline, not from a CDN, not in every page)."""
     import plotly
@@ -157,11 +201,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name, text in (
         ("run", "execute the notebooks with papermill"),
         ("book", "execute the notebooks, then build the HTML book"),
+        ("grid", "train every (model, fold) of the set, one papermill run each"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("--params", default=DEFAULT_SET, choices=sorted(PARAMETER_SETS))
         command.add_argument("--kernel", default="python3")
-        command.add_argument("--only", nargs="*", default=(), help="notebook name prefixes, e.g. 01")
+        if name != "grid":
+            command.add_argument("--only", nargs="*", default=(), help="notebook name prefixes, e.g. 01")
         command.add_argument(
             "-p",
             nargs=2,
@@ -174,11 +220,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands.add_parser("references", help="store nbval reference outputs in the source notebooks")
     args = parser.parse_args(argv)
 
-    if args.command in ("run", "book"):
+    if args.command in ("run", "book", "grid"):
         import yaml
 
         parameters = {name: yaml.safe_load(value) for name, value in args.p}
+    if args.command in ("run", "book"):
         run_notebooks(args.params, args.kernel, args.only, parameters)
+    if args.command == "grid":
+        run_grid(args.params, args.kernel, parameters)
     if args.command in ("build", "book"):
         print(f"[mstt-book] book built: {build_book() / 'index.html'}")
     if args.command == "references":

@@ -1,0 +1,126 @@
+"""The two segmentation models of the paper, built in one line each.
+
+``build_model("unet", in_channels=6)`` gives segmentation-models-pytorch's U-Net
+(the paper's encoder is ``se_resnext50_32x4d``); ``build_model("litemedsam", ...)``
+the project's LiteMedSAM (``mstt_lib.litemedsam``). Both map (B, C, H, W) images in
+[0, 1] to (B, 1, H, W) logits. Nothing is downloaded: pretrained weights load from a
+file the user gives, and without one the model starts from random initialisation
+and says so in ``model.pretrained`` (None).
+
+ImageNet encoder weights have 3 input channels. For 6 (T1 and T2, three slices each)
+the first convolution is adapted the way segmentation-models-pytorch does it: the
+RGB filters are tiled over the new channels and scaled by 3 / in_channels, so a
+6-channel image made of two copies of an RGB image gives the pretrained response.
+``first_conv="random"`` instead gives a randomly initialised first convolution, as
+the authors' code did.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["MODELS", "build_model", "build_unet", "load_encoder_weights"]
+
+MODELS = ("unet", "litemedsam")
+
+
+def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} does not hold a state_dict (got {type(state).__name__})")
+    return state
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
+    """Load 3-channel pretrained weights (a state_dict or safetensors file) into an encoder.
+
+    Keys may carry an ``encoder.`` prefix (a whole smp model's file). A file that does
+    not fit gets a ``ValueError`` naming the file and the first offending keys.
+    """
+    state = _read_state_dict(path)
+    if any(k.startswith("encoder.") for k in state):
+        state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    # Classifier heads (fc, last_linear) of ImageNet files are not part of the encoder.
+    unexpected = [k for k in unexpected if not k.startswith(("fc.", "last_linear.", "classifier."))]
+    if missing or unexpected or mismatched:
+        details = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:4]}" if missing else "",
+                f"unexpected {unexpected[:4]}" if unexpected else "",
+                f"shape mismatch {mismatched[:3]}" if mismatched else "",
+            )
+            if part
+        )
+        raise ValueError(f"{path} does not fit this encoder: {details}")
+    encoder.load_state_dict({k: state[k] for k in own}, strict=True)
+
+
+def build_unet(
+    in_channels: int = 6,
+    encoder: str = "se_resnext50_32x4d",
+    weights: str | os.PathLike | None = None,
+    first_conv: str = "tile",
+) -> nn.Module:
+    """U-Net with a ``encoder`` backbone; ``weights`` is a 3-channel ImageNet encoder file."""
+    import segmentation_models_pytorch as smp
+    from segmentation_models_pytorch.encoders._utils import patch_first_conv
+
+    if first_conv not in ("tile", "random"):
+        raise ValueError(f"first_conv should be 'tile' or 'random', got {first_conv!r}")
+    try:
+        model = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"unknown U-Net encoder {encoder!r}: {error}") from None
+    if weights is not None:
+        load_encoder_weights(model.encoder, weights)
+    if in_channels != 3:
+        patch_first_conv(model.encoder, new_in_channels=in_channels, pretrained=first_conv == "tile")
+    model.pretrained = None if weights is None else str(weights)
+    return model
+
+
+def build_model(
+    name: str,
+    in_channels: int = 6,
+    encoder: str = "se_resnext50_32x4d",
+    weights: str | os.PathLike | None = None,
+) -> nn.Module:
+    """``"unet"`` or ``"litemedsam"`` for ``in_channels`` inputs, weights from a local file.
+
+    For LiteMedSAM ``weights`` is the released ``lite_medsam.pth`` (and ``encoder`` is unused).
+
+    >>> build_model("unet", in_channels=6, encoder="resnet18")(torch.zeros(1, 6, 64, 64)).shape
+    torch.Size([1, 1, 64, 64])
+    """
+    if name == "unet":
+        return build_unet(in_channels, encoder, weights)
+    if name == "litemedsam":
+        from mstt_lib.litemedsam import LiteMedSAM, load_checkpoint
+
+        model = LiteMedSAM(in_channels=in_channels)
+        if weights is not None:
+            load_checkpoint(model, weights)
+        return model
+    raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")

@@ -1,0 +1,57 @@
+"""Model construction: shapes, local weights, their adaptation to 6 channels, clear errors."""
+
+import pytest
+import torch
+
+from mstt_lib.models import MODELS, build_model, build_unet
+
+
+@pytest.mark.parametrize("channels", [3, 6])
+def test_unet_maps_images_to_one_logit_channel(channels):
+    model = build_model("unet", channels, encoder="resnet18")
+    assert model(torch.rand(2, channels, 64, 64)).shape == (2, 1, 64, 64)
+    assert model.pretrained is None
+
+
+def _encoder_file(tmp_path):
+    reference = build_unet(3, "resnet18")
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(reference.encoder.state_dict(), path)
+    return reference, path
+
+
+def test_local_imagenet_weights_load_and_are_tiled_to_six_channels(tmp_path):
+    reference, path = _encoder_file(tmp_path)
+    model = build_unet(6, "resnet18", weights=path)
+    original = reference.encoder.conv1.weight
+    adapted = model.encoder.conv1.weight
+    assert adapted.shape == (64, 6, 7, 7)
+    torch.testing.assert_close(adapted[:, :3], original * 0.5)
+    torch.testing.assert_close(adapted[:, 3:], original * 0.5)
+    torch.testing.assert_close(model.encoder.layer1[0].conv1.weight, reference.encoder.layer1[0].conv1.weight)
+    assert model.pretrained == str(path)
+    # the tiled filters answer a doubled RGB image as the 3-channel encoder answers the image
+    image = torch.rand(1, 3, 64, 64)
+    model.eval(), reference.eval()
+    features = model.encoder(torch.cat([image, image], 1))[-1]
+    torch.testing.assert_close(features, reference.encoder(image)[-1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_weights_file_for_another_encoder_is_a_clear_error(tmp_path):
+    _, path = _encoder_file(tmp_path)
+    with pytest.raises(ValueError, match="does not fit") as info:
+        build_unet(6, "resnet34", weights=path)
+    assert str(path) in str(info.value)
+
+
+def test_a_missing_weights_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        build_unet(6, "resnet18", weights=tmp_path / "nowhere.pth")
+
+
+def test_unknown_model_and_encoder_list_the_choices():
+    with pytest.raises(ValueError, match="litemedsam"):
+        build_model("segformer")
+    with pytest.raises(ValueError, match="encoder"):
+        build_unet(6, "no_such_encoder")
+    assert MODELS == ("unet", "litemedsam")

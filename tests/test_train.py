@@ -1,0 +1,121 @@
+"""Training: a tiny configuration overfits, resuming gives the same weights, clear errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mstt_lib.io import save_nifti
+from mstt_lib.slices import SliceCache, build_cache
+from mstt_lib.train import TrainSettings, augmentations, resolve_device, train
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> SliceCache:
+    """Three 32 x 32 x 24 cases at 1 mm with a bright ball (the tumour) in different places."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in (32, 32, 24)], indexing="ij"), -1)
+    rows = []
+    for k, centre in enumerate([(12, 14, 12), (20, 18, 11), (15, 20, 13)]):
+        ball = np.linalg.norm(grid - np.array(centre), axis=-1) < 7
+        t1 = 0.4 + 0.05 * rng.standard_normal(ball.shape) + 0.3 * ball
+        t2 = 0.3 + 0.05 * rng.standard_normal(ball.shape) + 0.5 * ball
+        case = f"CASE_{k}"
+        paths = {}
+        for name, data in (("t1", t1), ("t2", t2), ("mask", ball.astype(np.uint8))):
+            paths[name] = str(
+                save_nifti(
+                    data.astype(np.float32 if name != "mask" else np.uint8),
+                    np.eye(4),
+                    root / case / f"{name}.nii.gz",
+                )
+            )
+        rows.append({"case_id": case, **paths})
+    return SliceCache(build_cache(pd.DataFrame(rows), root / "cache", workers=1, progress=False))
+
+
+TINY = dict(
+    model="unet",
+    encoder="resnet18",
+    image_size=32,
+    min_tumour_voxels=20,
+    batch_size=8,
+    lr=3e-3,
+    loss="dice_bce",
+    planes=("axial",),
+    device="cpu",
+)
+
+
+def test_a_tiny_unet_overfits_a_handful_of_cases_within_seconds(cache, tmp_path):
+    cases = cache.case_ids
+    settings = TrainSettings(**TINY, epochs=25, augment=False)
+    history = train(settings, cache, cases, cases, tmp_path / "run", progress=False)
+    assert history["val_dice"].iloc[-1] > 0.9, history.tail(3)
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    for name in ("params.json", "checkpoint.pt", "history.csv", "model.pt"):
+        assert (tmp_path / "run" / name).is_file()
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 25
+
+
+def test_resuming_after_an_interruption_gives_the_same_weights(cache, tmp_path):
+    cases = cache.case_ids
+    base = dict(TINY, augment=True, samples_per_epoch=16, val_samples=8)
+    train(TrainSettings(**base, epochs=3), cache, cases[:2], cases[2:], tmp_path / "straight", progress=False)
+    # "killed" after its first epoch, then started again with the full plan
+    train(TrainSettings(**base, epochs=1), cache, cases[:2], cases[2:], tmp_path / "resumed", progress=False)
+    history = train(
+        TrainSettings(**base, epochs=3), cache, cases[:2], cases[2:], tmp_path / "resumed", progress=False
+    )
+    assert list(history["epoch"]) == [1, 2, 3]
+    straight = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    # and the runs really learned something different from their start
+    other = TrainSettings(**{**base, "seed": 1}, epochs=3)
+    train(other, cache, cases[:2], cases[2:], tmp_path / "other", progress=False)
+    different = torch.load(tmp_path / "other" / "model.pt", weights_only=True)
+    assert any(not torch.equal(straight[k], different[k]) for k in straight)
+
+
+def test_a_run_folder_with_other_settings_is_refused(cache, tmp_path):
+    cases = cache.case_ids
+    train(
+        TrainSettings(**TINY, epochs=1, augment=False), cache, cases, cases, tmp_path / "run", progress=False
+    )
+    with pytest.raises(ValueError, match="lr"):
+        train(
+            TrainSettings(**{**TINY, "lr": 0.5}, epochs=1),
+            cache,
+            cases,
+            cases,
+            tmp_path / "run",
+            progress=False,
+        )
+
+
+def test_augmentations_keep_shape_range_and_mask_alignment():
+    transform = augmentations(64)
+    image = np.zeros((80, 70, 6), np.float32)
+    image[20:40, 30:50] = 1.0
+    mask = (image[..., 0] > 0).astype(np.uint8)
+    for seed in range(10):
+        transform.set_random_seed(seed)
+        out = transform(image=image, mask=mask)
+        assert out["image"].shape == (64, 64, 6) and out["mask"].shape == (64, 64)
+        assert set(np.unique(out["mask"])) <= {0, 1}
+        # geometric transforms move image and mask together: the bright square stays on the mask
+        bright = out["image"][..., 0] > out["image"][..., 0].mean()
+        overlap = 2 * (bright & (out["mask"] > 0)).sum() / (bright.sum() + out["mask"].sum())
+        assert overlap > 0.7, (seed, overlap)
+
+
+def test_asking_for_cuda_without_it_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
