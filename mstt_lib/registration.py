@@ -160,7 +160,10 @@ def register_case(
     case_id = row["case_id"]
     t1 = load_nifti(row["t1"], case_id)
     t2 = load_nifti(row["t2"], case_id)
-    mask = load_nifti(row["mask"], case_id)
+    mask_path = row.get("mask")
+    mask = (
+        load_nifti(mask_path, case_id) if isinstance(mask_path, str) and mask_path else None
+    )  # none: new data
     overlap = field_of_view_overlap(t1, t2)
     if overlap < settings.min_overlap:
         raise CaseFileError(
@@ -174,6 +177,7 @@ def register_case(
         t1 = remove_shear(t1)
     if has_shear(t2.affine):
         t2 = remove_shear(t2)
+    if mask is not None and has_shear(mask.affine):
         on_grid = resample_mask(read_volume(mask, case_id), mask.affine, t2.shape, t2.affine)
         mask = nib.Nifti1Image(on_grid.astype(np.uint8), t2.affine)
 
@@ -216,19 +220,19 @@ def register_case(
     save_nifti(warped.numpy(), larger.affine, staging / "t1.nii.gz", dtype=np.float32)
     if larger is t2:
         save_nifti(read_volume(t2, case_id), t2.affine, staging / "t2.nii.gz")
-        save_nifti(read_volume(mask, case_id, np.uint8), mask.affine, staging / "mask.nii.gz")
     else:
         t2_on_grid = resample_image(t2, larger.shape, larger.affine, order=1)
-        mask_on_grid = resample_mask(read_volume(mask, case_id), mask.affine, larger.shape, larger.affine)
         save_nifti(t2_on_grid, larger.affine, staging / "t2.nii.gz", dtype=np.float32)
-        save_nifti(mask_on_grid, larger.affine, staging / "mask.nii.gz", dtype=np.uint8)
+    if mask is not None:
+        on_grid = resample_mask(read_volume(mask, case_id), mask.affine, larger.shape, larger.affine)
+        save_nifti(on_grid, larger.affine, staging / "mask.nii.gz", dtype=np.uint8)
 
-    if truth is not None:
+    if truth is not None and mask is not None:
         metrics.update(_residual(result["fwdtransforms"], truth, mask, read_volume(mask, case_id)))
     failures = []
     if metrics["mi_after"] < settings.min_mutual_information:
         failures.append(f"mutual information {metrics['mi_after']:.2f} < {settings.min_mutual_information}")
-    if truth is not None and metrics["residual_mm_max"] > settings.max_residual_mm:
+    if "residual_mm_max" in metrics and metrics["residual_mm_max"] > settings.max_residual_mm:
         failures.append(f"residual {metrics['residual_mm_max']:.2f} mm > {settings.max_residual_mm} mm")
     metrics["status"] = "ok" if not failures else "failed: " + "; ".join(failures)
     metrics["transforms"] = ";".join(transform_names)
@@ -323,7 +327,8 @@ def register_cohort(
     ok = set(results.loc[results["status"] == "ok", "case_id"])
     registered = cases[cases["case_id"].isin(ok)].copy()
     for column in ("t1", "t2", "mask"):
-        registered[column] = [str(out_dir / c / f"{column}.nii.gz") for c in registered["case_id"]]
+        written = [out_dir / c / f"{column}.nii.gz" for c in registered["case_id"]]
+        registered[column] = [str(p) if p.is_file() else None for p in written]
     write_cohort_table(registered, out_dir)
     return results
 

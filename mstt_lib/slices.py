@@ -121,35 +121,48 @@ def restore_size(array: np.ndarray, shape: tuple[int, int], fill: float = 0.0) -
 # Preprocessing one case.
 
 
+def _path(row, key: str) -> str | None:
+    value = row.get(key)
+    return value if isinstance(value, str) and value else None
+
+
 def preprocess_case(row: pd.Series, settings: CacheSettings = CacheSettings()) -> dict:
     """Resample a registered case to the isotropic grid and normalise its images.
 
-    Returns ``image`` (C, X, Y, Z) float32 in [0, 1], ``mask`` (X, Y, Z) bool, the
-    grid's ``affine``, and the native grid (``native_shape``, ``native_affine``) that
-    predictions map back to. A mask that is empty after resampling is an error.
+    Returns ``image`` (C, X, Y, Z) float32 in [0, 1], ``mask`` (X, Y, Z) bool (None for
+    a case without a mask, such as new data to segment), the grid's ``affine``, and the
+    native grid (``native_shape``, ``native_affine``) that predictions map back to: the
+    ``native`` image's (the original mask or reference image) if the row names one.
+    The grid covers the mask's field of view, or the reference image's (T2, else T1).
+    A mask that is empty after resampling is an error.
     """
     case_id = row["case_id"]
-    mask_image = load_nifti(row["mask"], case_id)
-    native_mask = read_volume(mask_image, case_id)
-    shape, affine = isotropic_grid(mask_image.shape, mask_image.affine, settings.spacing_mm)
+    first = next((m for m in ("T2", "T1") if m in settings.modalities), settings.modalities[0])
+    grid_path = _path(row, "mask") or _path(row, first.lower())
+    if grid_path is None:
+        raise CaseFileError(case_id, None, f"missing modality {first} for preprocessing")
+    grid_image = load_nifti(grid_path, case_id)
+    shape, affine = isotropic_grid(grid_image.shape, grid_image.affine, settings.spacing_mm)
     channels = []
     for modality in settings.modalities:
-        path = row.get(modality.lower())
-        if not path or (isinstance(path, float) and np.isnan(path)):
+        path = _path(row, modality.lower())
+        if path is None:
             raise CaseFileError(case_id, None, f"missing modality {modality} for preprocessing")
         image = load_nifti(path, case_id)
         data = resample_array(read_volume(image, case_id), image.affine, shape, affine, order=1)
         channels.append(normalise_intensity(data, settings.low_percentile, settings.high_percentile))
-    mask = resample_mask(native_mask, mask_image.affine, shape, affine)
-    if not mask.any():
-        raise CaseFileError(
-            case_id,
-            row["mask"],
-            f"mask is empty after resampling to {settings.spacing_mm} mm "
-            f"({int((native_mask > 0).sum())} voxel(s) on the native grid)",
-        )
-    native = row.get("native_mask") or row["mask"]
-    native_image = load_nifti(native, case_id)
+    mask = None
+    if _path(row, "mask"):
+        native_mask = read_volume(grid_image, case_id)
+        mask = resample_mask(native_mask, grid_image.affine, shape, affine)
+        if not mask.any():
+            raise CaseFileError(
+                case_id,
+                row["mask"],
+                f"mask is empty after resampling to {settings.spacing_mm} mm "
+                f"({int((native_mask > 0).sum())} voxel(s) on the native grid)",
+            )
+    native_image = load_nifti(_path(row, "native") or _path(row, "native_mask") or grid_path, case_id)
     return {
         "image": np.stack(channels),
         "mask": mask,

@@ -2,8 +2,9 @@
 
 Binary cross-entropy on logits (the paper's eq. 1; ``loss="dice_bce"`` adds soft
 Dice), Adam, the Appendix A augmentations, 2.5D samples from the slice cache. A run
-writes its own folder: ``params.json``, ``checkpoint.pt`` (rewritten every epoch,
-with the optimiser), ``history.csv`` (loss and validation Dice per epoch) and, at
+writes its own folder: ``params.json``, ``preprocessing.json`` (how its samples were
+made, for the predictor), ``checkpoint.pt`` (rewritten every epoch, with the optimiser),
+``history.csv`` (loss and validation Dice per epoch) and, at
 the end, ``model.pt`` (weights only). A run that is started again continues from
 its last checkpoint; on the CPU it ends with the same weights as an uninterrupted
 run, because each epoch's sample order and each sample's augmentation are drawn
@@ -183,6 +184,10 @@ def train(
             )
     with atomic_path(params_file) as tmp:
         tmp.write_text(json.dumps(wanted, indent=1))
+    # What a predictor needs to prepare new images the way this run saw them.
+    with atomic_path(run_dir / "preprocessing.json") as tmp:
+        preprocessing = {**cache.manifest["settings"], "channels": cache.manifest["channels"]}
+        tmp.write_text(json.dumps(preprocessing, indent=1))
 
     torch.manual_seed(settings.seed)
     model = build_model(settings.model, len(cache.manifest["channels"]), settings.encoder, settings.weights)
