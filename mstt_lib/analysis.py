@@ -74,3 +74,93 @@ def tumour_statistics(cases: pd.DataFrame, progress: bool = True) -> pd.DataFram
     stats = pd.DataFrame(rows)
     keep = [c for c in ("case_id", "tissue", "site", "diagnosis", "annotation_modality") if c in cases]
     return cases[keep].merge(stats, on="case_id")
+
+
+# ---------------------------------------------------------------------------
+# Results: the paper's Tables 2-4 and Figures 7-9, with confidence intervals.
+
+
+def bootstrap_ci(
+    values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of the finite values and its percentile bootstrap interval.
+
+    NaN values (e.g. Dice of an empty-empty pair) are left out; no value gives NaNs.
+    """
+    data = np.asarray(values, dtype=float)
+    data = data[np.isfinite(data)]
+    if data.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(n_resamples, data.size))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(data.mean()), float(low), float(high)
+
+
+def mean_table(results: pd.DataFrame, by: list[str], metric: str = "dice") -> pd.DataFrame:
+    """n, mean and 95 % bootstrap interval of ``metric`` per group (Tables 2 and 3)."""
+    rows = []
+    for key, group in results.groupby(by, sort=False, dropna=False):
+        mean, low, high = bootstrap_ci(group[metric])
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append(
+            {**dict(zip(by, key, strict=True)), "n": len(group), metric: mean, "ci_low": low, "ci_high": high}
+        )
+    overall_mean, overall_low, overall_high = bootstrap_ci(results[metric])
+    table = pd.DataFrame(rows)
+    table.loc[len(table)] = {
+        **{b: "all" for b in by},
+        "n": len(results),
+        metric: overall_mean,
+        "ci_low": overall_low,
+        "ci_high": overall_high,
+    }
+    return table
+
+
+def site_tissue_table(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
+    """Mean ``metric`` per site x tissue, with each site's count and mean (Table 4)."""
+    table = results.pivot_table(index="site", columns="tissue", values=metric, aggfunc="mean")
+    table = table.reindex(columns=[t for t in TISSUES if t in table.columns])
+    table["count"] = results.groupby("site").size()
+    table[f"mean {metric}"] = results.groupby("site")[metric].mean()
+    return table.sort_values("count", ascending=False)
+
+
+def trend(x, y) -> dict[str, float]:
+    """Least-squares line y = slope * x + intercept and its R^2 (the paper's Figs. 8-9)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size < 2 or np.ptp(x) == 0:
+        return {"slope": float("nan"), "intercept": float("nan"), "r2": float("nan"), "n": int(x.size)}
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    total = ((y - y.mean()) ** 2).sum()
+    r2 = 1 - (residual**2).sum() / total if total > 0 else float("nan")
+    return {"slope": float(slope), "intercept": float(intercept), "r2": float(r2), "n": int(x.size)}
+
+
+def paired_comparison(results: pd.DataFrame, a: str, b: str, metric: str = "dice") -> dict[str, float]:
+    """Wilcoxon signed-rank test of ``metric`` between models ``a`` and ``b`` on the same cases."""
+    from scipy.stats import wilcoxon
+
+    wide = results.pivot_table(index="case_id", columns="model", values=metric).dropna()
+    if a not in wide or b not in wide:
+        return {"n": 0, "median_difference": float("nan"), "statistic": float("nan"), "p_value": float("nan")}
+    difference = wide[a] - wide[b]
+    if len(wide) < 2 or np.allclose(difference, 0):
+        return {
+            "n": len(wide),
+            "median_difference": float(difference.median()) if len(wide) else float("nan"),
+            "statistic": float("nan"),
+            "p_value": float("nan"),
+        }
+    test = wilcoxon(wide[a], wide[b])
+    return {
+        "n": len(wide),
+        "median_difference": float(difference.median()),
+        "statistic": float(test.statistic),
+        "p_value": float(test.pvalue),
+    }

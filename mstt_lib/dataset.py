@@ -20,6 +20,8 @@ __all__ = [
     "splits",
     "train_settings",
     "run_dir",
+    "evaluation_dir",
+    "cross_validation_results",
     "cohort_dir",
     "open_cohort",
     "select_cases",
@@ -216,3 +218,49 @@ def run_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
     settings["cache"] = Path(cache.folder).name
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     return Path(params["work_dir"]) / "runs" / cohort_dir(params).name / f"{model}-fold{fold}-{digest}"
+
+
+def evaluation_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
+    """``<work_dir>/evaluation/<cohort>/<run>-<tta>-<planes>``: predictions and metrics.csv."""
+    run = run_dir(params, model, fold, cache)
+    planes = "".join(p[0] for p in params["planes"])
+    return Path(params["work_dir"]) / "evaluation" / run.parent.name / f"{run.name}-{params['tta']}-{planes}"
+
+
+def cross_validation_results(params: dict[str, Any], progress: bool = True) -> pd.DataFrame:
+    """Per-case metrics of every (model, fold) run of the set on its validation cases.
+
+    Trains the runs that are missing and scores the cases not scored yet (both resume).
+    One row per (model, case) with ``fold``, ``tissue`` and ``site``; the layout of
+    ``mstt_lib.evaluate``'s ``metrics.csv``.
+    """
+    from mstt_lib.evaluate import evaluate_run
+    from mstt_lib.train import train
+
+    cache = slice_cache(params, progress=progress)
+    registered, _ = registered_cohort(params, progress=progress)
+    cases = registered[registered["case_id"].isin(cache.case_ids)]
+    folds = splits(params, cases)
+    results = []
+    for name in params["models"]:
+        for fold in params["folds"]:
+            folder = run_dir(params, name, fold, cache)
+            if not (folder / "model.pt").is_file():
+                settings = train_settings(params, name, fold)
+                train(settings, cache, folds[fold]["train"], folds[fold]["val"], folder, progress=progress)
+            val = cases[cases["case_id"].isin(folds[fold]["val"])].sort_values("case_id")
+            if params["eval_cases"] is not None:
+                val = val.head(params["eval_cases"])
+            scores = evaluate_run(
+                folder,
+                cache,
+                val,
+                evaluation_dir(params, name, fold, cache),
+                params["tta"],
+                params["planes"],
+                params["inference_batch_size"],
+                progress=progress,
+            )
+            results.append(scores.assign(model=name, fold=fold))
+    results = pd.concat(results, ignore_index=True)
+    return results.merge(cases[["case_id", "tissue", "site"]], on="case_id")

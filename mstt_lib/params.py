@@ -55,6 +55,11 @@ _COMMON: dict[str, Any] = {
     "samples_per_epoch": None,  # None: every training sample, every epoch
     "val_samples": None,
     "device": "auto",  # CUDA when present, else the CPU
+    # Inference and evaluation (paper, sections 4.2-4.6).
+    "tta": "paper",  # "paper" (identity, flips, rot90), "all8" (the authors' code) or "none"
+    "planes": ("axial", "coronal", "sagittal"),
+    "eval_cases": None,  # validation cases scored per fold (None: all)
+    "inference_batch_size": 16,
 }
 
 PARAMETER_SETS: dict[str, dict[str, Any]] = {
@@ -68,6 +73,11 @@ PARAMETER_SETS: dict[str, dict[str, Any]] = {
         "encoder": "resnet18",
         "samples_per_epoch": 16,  # LiteMedSAM takes about 10 s per step of 4 on 2 CPU cores
         "val_samples": 16,
+        # LiteMedSAM needs about 1 s per 2.5D sample on 2 CPU cores: the smoke set scores
+        # two validation cases, axial plane only, without test-time augmentation.
+        "tta": "none",
+        "planes": ("axial",),
+        "eval_cases": 2,
     },
     # The paper's settings, for a GPU machine.
     "paper": {**_COMMON},

@@ -40,6 +40,8 @@ __all__ = [
     "slice_viewer",
     "case_viewer",
     "load_case_on_reference_grid",
+    "load_mask",
+    "trend_figure",
 ]
 
 MASK_COLOURS = ("#00ff00", "#ff0000", "#00bfff", "#ffff00")  # ground truth green, prediction red
@@ -64,6 +66,39 @@ def show_figure(figure) -> None:
         "text/plain": f"<plotly figure: {figure.layout.title.text or 'untitled'}>",
     }
     display(bundle, raw=True)
+
+
+def trend_figure(frame: pd.DataFrame, x: str, y: str = "dice", title: str = "", log_x: bool = False):
+    """Scatter of ``y`` against ``x`` per tissue, each with its least-squares line and R^2
+    (the paper's Figs. 8-9); with ``log_x`` the line is fitted over log10(x)."""
+    import plotly.graph_objects as go
+
+    from mstt_lib.analysis import trend
+
+    figure = go.Figure()
+    for tissue, group in frame.groupby("tissue", sort=False):
+        values = np.log10(group[x]) if log_x else group[x]
+        fit = trend(values, group[y])
+        figure.add_scatter(
+            x=group[x],
+            y=group[y],
+            mode="markers",
+            name=f"{tissue} (R² {fit['r2']:.2f})",
+            text=group.get("case_id"),
+            legendgroup=str(tissue),
+        )
+        if np.isfinite(fit["slope"]):
+            line = np.linspace(values.min(), values.max(), 20)
+            figure.add_scatter(
+                x=10**line if log_x else line,
+                y=fit["slope"] * line + fit["intercept"],
+                mode="lines",
+                showlegend=False,
+                legendgroup=str(tissue),
+                line={"dash": "dot"},
+            )
+    figure.update_layout(title=title, height=420, yaxis_title=y, xaxis_title=x)
+    return figure.update_xaxes(type="log") if log_x else figure
 
 
 # ---------------------------------------------------------------------------
@@ -93,6 +128,11 @@ def load_case_on_reference_grid(row: pd.Series) -> dict:
         "affine": mask_image.affine,
         "case_id": case_id,
     }
+
+
+def load_mask(path, case_id: str = "?") -> np.ndarray:
+    """A 0/1 mask file as a uint8 array (a prediction to overlay on its case)."""
+    return (read_volume(load_nifti(path, case_id), case_id) > 0).astype(np.uint8)
 
 
 def _largest_slice(mask: np.ndarray) -> int:
