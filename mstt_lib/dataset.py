@@ -22,6 +22,7 @@ __all__ = [
     "run_dir",
     "evaluation_dir",
     "cross_validation_results",
+    "cohort_statistics",
     "cohort_dir",
     "open_cohort",
     "select_cases",
@@ -33,6 +34,9 @@ __all__ = [
     "cache_settings",
     "slice_cache",
 ]
+
+
+_CHECKED: dict[tuple, tuple[pd.DataFrame, list[CaseProblem]]] = {}
 
 
 def cohort_dir(params: dict[str, Any]) -> Path:
@@ -58,12 +62,19 @@ def open_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd.DataF
         )
         # The default folder is the library's own cache: remade when the settings change.
         generate_cohort(root, settings, progress=progress, replace_stale=True)
-    return load_cohort(
-        root,
-        modalities=tuple(params["modalities"]),
-        skip_bad=params["skip_bad_cases"],
-        progress=progress,
-    )
+    table = root / "cohort.csv" if (root / "cohort.csv").is_file() else root / "dataset.json"
+    # Checking every file of 199 cases takes seconds; a notebook asks several times.
+    stamp = table.stat().st_mtime_ns if table.is_file() else None
+    key = (str(root), tuple(params["modalities"]), params["skip_bad_cases"], stamp)
+    if key not in _CHECKED or stamp is None:
+        _CHECKED[key] = load_cohort(
+            root,
+            modalities=tuple(params["modalities"]),
+            skip_bad=params["skip_bad_cases"],
+            progress=progress,
+        )
+    cases, problems = _CHECKED[key]
+    return cases.copy(), list(problems)
 
 
 def select_cases(cases: pd.DataFrame, per_tissue: int | None) -> pd.DataFrame:
@@ -264,3 +275,32 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
             results.append(scores.assign(model=name, fold=fold))
     results = pd.concat(results, ignore_index=True)
     return results.merge(cases[["case_id", "tissue", "site"]], on="case_id")
+
+
+def cohort_statistics(params: dict[str, Any], cases: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+    """``analysis.tumour_statistics`` of the cases, kept in ``<work_dir>/statistics/``.
+
+    The file is named by a hash of the cases' files (paths, sizes, times), so new data
+    is measured again.
+    """
+    import hashlib
+    import os
+
+    from mstt_lib.analysis import tumour_statistics
+    from mstt_lib.io import atomic_path
+
+    stamp = [
+        (row["case_id"], path, os.stat(path).st_size, os.stat(path).st_mtime_ns)
+        for row in cases.to_dict("records")
+        for path in (row.get("t1"), row.get("t2"), row.get("mask"))
+        if isinstance(path, str) and path
+    ]
+    digest = hashlib.sha1(repr(stamp).encode()).hexdigest()[:12]
+    path = Path(params["work_dir"]) / "statistics" / f"{cohort_dir(params).name}-{digest}.csv"
+    if path.is_file():
+        return pd.read_csv(path)
+    statistics = tumour_statistics(cases, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        statistics.to_csv(tmp, index=False)
+    return statistics

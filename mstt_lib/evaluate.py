@@ -76,7 +76,8 @@ def evaluate_run(
         )
         with atomic_path(metrics_file) as tmp:  # after every case: a stopped run resumes
             pd.DataFrame(rows).to_csv(tmp, index=False)
-    return pd.DataFrame(rows)
+    scored = pd.DataFrame(rows)
+    return scored[scored["case_id"].isin(cases["case_id"])].reset_index(drop=True)
 
 
 def evaluate_external(
