@@ -79,9 +79,13 @@ def sample_25d(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
     length = volume.shape[axis]
     if not 0 <= index < length:
         raise IndexError(f"{plane} slice {index} is outside 0..{length - 1}")
-    neighbours = np.clip([index - 1, index, index + 1], 0, length - 1)
-    stack = np.take(volume, neighbours, axis=axis)  # the 3 slices sit where `axis` was
-    stack = np.moveaxis(stack, axis, 1)  # (C, 3, rows, columns)
+    if 0 < index < length - 1:  # a view: no fancy-index gather across a memory map
+        window = [slice(None)] * 4
+        window[axis] = slice(index - 1, index + 2)
+        stack = volume[tuple(window)]
+    else:
+        stack = np.take(volume, np.clip([index - 1, index, index + 1], 0, length - 1), axis=axis)
+    stack = np.moveaxis(stack, axis, 1)  # (C, 3, rows, columns); the 3 slices sat where `axis` was
     return stack.reshape(-1, *stack.shape[2:])
 
 
@@ -92,10 +96,12 @@ def _offsets(length: int, target: int) -> tuple[int, int]:
     return 0, (target - length) // 2
 
 
-def fit_to_size(array: np.ndarray, size: tuple[int, int] = (256, 256), fill: float = 0.0) -> np.ndarray:
-    """Centre-pad or centre-crop the last two axes to ``size``."""
+def fit_to_size(
+    array: np.ndarray, size: tuple[int, int] = (256, 256), fill: float = 0.0, dtype=None
+) -> np.ndarray:
+    """Centre-pad or centre-crop the last two axes to ``size`` (converting to ``dtype`` on the way)."""
     rows, columns = array.shape[-2:]
-    out = np.full((*array.shape[:-2], *size), fill, dtype=array.dtype)
+    out = np.full((*array.shape[:-2], *size), fill, dtype=dtype or array.dtype)
     (r_src, r_dst), (c_src, c_dst) = _offsets(rows, size[0]), _offsets(columns, size[1])
     r_len, c_len = min(rows, size[0]), min(columns, size[1])
     out[..., r_dst : r_dst + r_len, c_dst : c_dst + c_len] = array[
@@ -330,11 +336,11 @@ class SliceCache:
     def sample(self, case_id: str, plane: str, index: int, size=(256, 256)) -> tuple[np.ndarray, np.ndarray]:
         """One 2.5D sample: image (3C, H, W) float32 in [0, 1] and mask (H, W) uint8."""
         image, mask = self.volumes(case_id)
-        x = sample_25d(image, plane, index).astype(np.float32)
+        x = sample_25d(image, plane, index)
         y = np.take(mask, index, axis=PLANE_AXIS[plane])
-        if size is not None:
-            x, y = fit_to_size(x, size), fit_to_size(np.asarray(y), size)
-        return x, np.asarray(y)
+        if size is None:
+            return x.astype(np.float32), np.asarray(y)
+        return fit_to_size(x, size, dtype=np.float32), fit_to_size(np.asarray(y), size)
 
 
 def open_cache(folder: str | os.PathLike) -> SliceCache:
