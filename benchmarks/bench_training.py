@@ -9,6 +9,9 @@ settings and the GPU named.
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,17 +72,37 @@ def loader_rate(cache: SliceCache, workers: int, batches: int = 12) -> float:
     return count / (time.perf_counter() - started)
 
 
+def _isolated(name: str, encoder: str, batch: int, steps: int) -> tuple[float, float] | None:
+    """Run one configuration in its own process: an out-of-memory kill is then a result, not a crash."""
+    command = [sys.executable, __file__, "--one", name, encoder, str(batch), "--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    rate, peak = json.loads(done.stdout.strip().splitlines()[-1])
+    return rate, peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--one", nargs=3, metavar=("MODEL", "ENCODER", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        name, encoder, batch = args.one
+        print(json.dumps(model_rate(name, encoder, int(batch), torch.device("cpu"), args.steps)))
+        return
     rows = []
-    cpu = torch.device("cpu")
     consumption = {}
     for name, encoder in (("unet", "resnet18"), ("unet", "se_resnext50_32x4d"), ("litemedsam", "-")):
         for batch in (4, 16):
-            rate, peak = model_rate(name, encoder, batch, cpu, args.steps)
             label = f"{name}" + (f" ({encoder})" if name == "unet" else "")
+            result = _isolated(name, encoder, batch, args.steps)
+            if result is None:
+                rows.append(
+                    (f"CPU training, {label}, batch {batch}", "did not finish: killed (out of memory)", "")
+                )
+                continue
+            rate, peak = result
             rows.append(
                 (f"CPU training, {label}, batch {batch}", f"{rate:.2f} samples/s (peak {peak:.2f} GiB)", "")
             )
