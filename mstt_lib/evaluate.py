@@ -76,7 +76,7 @@ def evaluate_run(
         )
         with atomic_path(metrics_file) as tmp:  # after every case: a stopped run resumes
             pd.DataFrame(rows).to_csv(tmp, index=False)
-    scored = pd.DataFrame(rows)
+    scored = pd.DataFrame(rows, columns=None if rows else ["case_id"])
     return scored[scored["case_id"].isin(cases["case_id"])].reset_index(drop=True)
 
 

@@ -200,9 +200,8 @@ def _canonical(case: dict) -> dict:
         "spacing": spacing,
         "case_id": case["case_id"],
     }
-    for key in ("masks",):
-        if key in case:
-            out[key] = {name: apply(m) for name, m in case[key].items()}
+    if "masks" in case:
+        out["masks"] = {name: apply(m) for name, m in case["masks"].items()}
     return out
 
 
