@@ -12,7 +12,11 @@ Two on-disk layouts are read:
   ``t1.nii.gz``, ``t2.nii.gz`` and ``mask.nii.gz``;
 * nnU-Net's raw dataset: ``dataset.json``, ``imagesTr/<case>_0000.nii.gz`` (T1),
   ``imagesTr/<case>_0001.nii.gz`` (T2), ``labelsTr/<case>.nii.gz``, plus our
-  optional ``mstt_cases.csv`` with the clinical columns.
+  optional ``mstt_cases.csv`` with the clinical columns;
+* the IBSI export of the TCIA Soft-tissue-Sarcoma collection (and what
+  ``mstt_lib.dicom`` writes): ``<case>/MR_T1_image.nii.gz``,
+  ``<case>/MR_T1_mask.nii.gz`` (and ``MR_T2_*`` where a T2 exists); no clinical
+  columns, so tissue and site stay empty.
 
 The mask lies on the grid of the reference image: T2 when the cohort has T2
 (T1 is registered onto it later), else T1.
@@ -43,6 +47,8 @@ __all__ = [
     "EmptyMaskWarning",
     "read_cohort",
     "read_nnunet",
+    "read_ibsi",
+    "is_ibsi_layout",
     "load_cohort",
     "validate_cases",
     "write_cohort_table",
@@ -181,6 +187,51 @@ def read_nnunet(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
     return _finish_table(table, root, metadata_file if metadata_file.is_file() else dataset_file)
 
 
+IBSI_IMAGE = "MR_{modality}_image.nii.gz"
+IBSI_MASK = "MR_{modality}_mask.nii.gz"
+
+
+def is_ibsi_layout(root: str | Path) -> bool:
+    """Whether ``root`` holds case folders with ``MR_T1_image.nii.gz`` or ``MR_T2_image.nii.gz``."""
+    root = Path(root)
+    return any(any(root.glob(f"*/{IBSI_IMAGE.format(modality=m)}")) for m in MODALITIES)
+
+
+def read_ibsi(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Read the IBSI/STS layout: one folder per case named by its public id.
+
+    The mask is the reference modality's (T2 when the case has a T2 image, else T1),
+    as for the other layouts. A case folder with images but no mask is a problem
+    of that case.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no cohort folder: {root} does not exist")
+    records, problems = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        found = {m: folder / IBSI_IMAGE.format(modality=m) for m in MODALITIES}
+        found = {m: path for m, path in found.items() if path.is_file()}
+        if not found:
+            continue
+        reference = "T2" if "T2" in found else "T1"
+        mask = folder / IBSI_MASK.format(modality=reference)
+        if not mask.is_file():
+            problems.append(CaseProblem(folder.name, f"no {reference} mask", str(mask)))
+        records.append(
+            {
+                "case_id": folder.name,
+                "t1": str(found["T1"]) if "T1" in found else None,
+                "t2": str(found["T2"]) if "T2" in found else None,
+                "mask": str(mask),
+                "annotation_modality": reference,
+            }
+        )
+    if not records:
+        raise FileNotFoundError(f"no case folder in {root} holds {IBSI_IMAGE.format(modality='T1')}")
+    table, table_problems = _finish_table(pd.DataFrame.from_records(records), root, root)
+    return table, problems + table_problems
+
+
 def write_cohort_table(table: pd.DataFrame, root: str | Path) -> Path:
     """Write ``cohort.csv`` atomically, with paths relative to ``root`` where possible."""
     root = Path(root)
@@ -304,9 +355,12 @@ def load_cohort(
         table, problems = read_cohort(root)
     elif (root / "dataset.json").is_file():
         table, problems = read_nnunet(root)
+    elif is_ibsi_layout(root):
+        table, problems = read_ibsi(root)
     else:
         raise FileNotFoundError(
-            f"{root} holds neither {COHORT_FILE} (project layout) nor dataset.json (nnU-Net)"
+            f"{root} holds neither {COHORT_FILE} (project layout), dataset.json (nnU-Net) "
+            f"nor <case>/{IBSI_IMAGE.format(modality='T1')} folders (IBSI/STS)"
         )
     return validate_cases(table, problems, modalities, skip_bad, check_voxels, progress)
 

@@ -4,7 +4,8 @@
                  -i new_cases/ -o predictions/ [--tta paper] [--planes axial coronal sagittal]
 
 The input folder is a cohort in the project layout (``cohort.csv``), an nnU-Net raw
-dataset (``dataset.json`` with ``imagesTs/`` or ``imagesTr/``), or a plain folder of
+dataset (``dataset.json`` with ``imagesTs/`` or ``imagesTr/``), the IBSI/STS layout
+(``<case>/MR_T1_image.nii.gz``, as ``mstt_lib.dicom`` converts DICOM to), or a plain folder of
 ``<case>_0000.nii.gz`` (T1) and ``<case>_0001.nii.gz`` (T2) images. Each case is
 registered (T1 onto T2), preprocessed as the runs were trained, segmented with the
 runs' models averaged, and written on its native T2 grid (T1 for a T1-only model):
@@ -25,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from mstt_lib.cohort import read_cohort
+from mstt_lib.cohort import is_ibsi_layout, read_cohort, read_ibsi
 from mstt_lib.infer import TTA_MODES, load_run, predict_volume, to_native, write_prediction
 from mstt_lib.io import CaseFileError, atomic_path
 from mstt_lib.slices import PLANES, preprocess_case
@@ -39,6 +40,9 @@ def read_input(folder: str | os.PathLike, modalities: Sequence[str] = ("T1", "T2
     folder = Path(folder)
     if (folder / "cohort.csv").is_file():
         cases, _ = read_cohort(folder)
+        return cases[["case_id", "t1", "t2"]]
+    if is_ibsi_layout(folder):
+        cases, _ = read_ibsi(folder)
         return cases[["case_id", "t1", "t2"]]
     channel_of = {m: i for i, m in enumerate(("T1", "T2"))}
     images = folder

@@ -510,3 +510,43 @@ def test_nnunet_missing_channel_file_names_case_and_path(cohort, tmp_path_factor
     error = _cohort_error(out)
     assert "case C2: missing modality T2: file not found" in str(error)
     assert str(out / "imagesTr/C2_0001.nii.gz") in str(error)
+
+
+# ---------------------------------------------------------------------------
+# The IBSI/STS layout: <case>/MR_T1_image.nii.gz and <case>/MR_T1_mask.nii.gz.
+
+
+def _write_ibsi_case(root: Path, case_id: str, mask: bool = True) -> None:
+    save_nifti(_volume(0), T1_AFFINE, root / case_id / "MR_T1_image.nii.gz")
+    if mask:
+        save_nifti(_mask(), T1_AFFINE, root / case_id / "MR_T1_mask.nii.gz")
+
+
+def test_ibsi_layout_reads_t1_only_cases_named_by_their_folder(tmp_path):
+    from mstt_lib.cohort import is_ibsi_layout, read_ibsi
+
+    for case_id in ("STS_002", "STS_001"):
+        _write_ibsi_case(tmp_path, case_id)
+    (tmp_path / "notes").mkdir()  # a folder without images is not a case
+    assert is_ibsi_layout(tmp_path)
+    table, problems = read_ibsi(tmp_path)
+    assert problems == []
+    assert list(table["case_id"]) == ["STS_001", "STS_002"]
+    assert table["t2"].isna().all() and table["tissue"].isna().all()
+    assert table.loc[0, "mask"] == str((tmp_path / "STS_001" / "MR_T1_mask.nii.gz").resolve())
+    cases, skipped = load_cohort(tmp_path, modalities=("T1",), progress=False)
+    assert len(cases) == 2 and skipped == []
+
+
+def test_ibsi_case_without_its_mask_is_named_with_the_missing_file(tmp_path):
+    _write_ibsi_case(tmp_path, "STS_001")
+    _write_ibsi_case(tmp_path, "STS_007", mask=False)
+    with pytest.raises(CohortError, match=r"STS_007: no T1 mask .*STS_007/MR_T1_mask\.nii\.gz"):
+        load_cohort(tmp_path, modalities=("T1",), progress=False)
+    cases, skipped = load_cohort(tmp_path, modalities=("T1",), skip_bad=True, progress=False)
+    assert list(cases["case_id"]) == ["STS_001"] and [p.case_id for p in skipped] == ["STS_007"]
+
+
+def test_a_folder_in_no_known_layout_says_which_layouts_it_looked_for(tmp_path):
+    with pytest.raises(FileNotFoundError, match="IBSI"):
+        load_cohort(tmp_path, progress=False)

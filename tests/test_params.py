@@ -34,3 +34,26 @@ def test_relative_folders_resolve_against_the_project_root(tmp_path, monkeypatch
     params = get_params("smoke")
     assert params["data_dir"] == tmp_path / "data"
     assert get_params("smoke", data_dir="/elsewhere")["data_dir"].as_posix() == "/elsewhere"
+
+
+def test_real_data_settings_layer_over_the_set_and_keep_none_values():
+    from mstt_lib.params import REAL_DATA, real_data_params
+
+    params = real_data_params("smoke")
+    assert params["modalities"] == ("T1",)
+    # None in REAL_DATA means "every case", not "keep the synthetic set's 5 per tissue"
+    assert params["cases_per_tissue"] is None and PARAMETER_SETS["smoke"]["cases_per_tissue"] == 5
+    assert params["cohort"].name == "sts-ibsi-t1" and params["cohort"].is_absolute()
+    assert real_data_params("smoke", epochs=9)["epochs"] == 9
+    assert set(REAL_DATA) == {"smoke", "paper"}
+    with pytest.raises(ValueError, match="epoch"):
+        real_data_params("smoke", epoch=1)
+
+
+def test_a_relative_cohort_folder_resolves_against_the_project_root(tmp_path, monkeypatch):
+    (tmp_path / "_config.yml").write_text("title: x\n")
+    (tmp_path / "mstt_lib").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    assert get_params("smoke", cohort="my_cases")["cohort"] == tmp_path / "my_cases"
+    assert get_params("smoke")["cohort"] == "synthetic"
