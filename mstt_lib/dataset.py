@@ -22,6 +22,7 @@ __all__ = [
     "run_dir",
     "evaluation_dir",
     "cross_validation_results",
+    "final_run",
     "cohort_statistics",
     "cohort_dir",
     "open_cohort",
@@ -62,9 +63,10 @@ def open_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd.DataF
         )
         # The default folder is the library's own cache: remade when the settings change.
         generate_cohort(root, settings, progress=progress, replace_stale=True)
-    table = root / "cohort.csv" if (root / "cohort.csv").is_file() else root / "dataset.json"
     # Checking every file of 199 cases takes seconds; a notebook asks several times.
-    stamp = table.stat().st_mtime_ns if table.is_file() else None
+    # The table file's time (the case folders' for the IBSI layout) tells a changed cohort.
+    table = next((root / n for n in ("cohort.csv", "dataset.json") if (root / n).is_file()), root)
+    stamp = table.stat().st_mtime_ns if table.exists() else None
     key = (str(root), tuple(params["modalities"]), params["skip_bad_cases"], stamp)
     if key not in _CHECKED or stamp is None:
         _CHECKED[key] = load_cohort(
@@ -242,8 +244,8 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
     """Per-case metrics of every (model, fold) run of the set on its validation cases.
 
     Trains the runs that are missing and scores the cases not scored yet (both resume).
-    One row per (model, case) with ``fold``, ``tissue`` and ``site``; the layout of
-    ``mstt_lib.evaluate``'s ``metrics.csv``.
+    One row per (model, case) with ``fold``, ``tissue``, ``site`` and the files
+    ``prediction`` and ``native_mask``; the layout of ``mstt_lib.evaluate``'s ``metrics.csv``.
     """
     from mstt_lib.evaluate import evaluate_run
     from mstt_lib.train import train
@@ -260,8 +262,10 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
                 settings = train_settings(params, name, fold)
                 train(settings, cache, folds[fold]["train"], folds[fold]["val"], folder, progress=progress)
             val = cases[cases["case_id"].isin(folds[fold]["val"])].sort_values("case_id")
-            if params["eval_cases"] is not None:
-                val = val.head(params["eval_cases"])
+            limit = params["eval_cases"]
+            limit = limit.get(name) if isinstance(limit, dict) else limit
+            if limit is not None:
+                val = val.head(limit)
             scores = evaluate_run(
                 folder,
                 cache,
@@ -272,9 +276,34 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
                 params["inference_batch_size"],
                 progress=progress,
             )
-            results.append(scores.assign(model=name, fold=fold))
+            predictions = evaluation_dir(params, name, fold, cache)
+            results.append(
+                scores.assign(
+                    model=name,
+                    fold=fold,
+                    prediction=[str(predictions / f"{c}.nii.gz") for c in scores["case_id"]],
+                )
+            )
     results = pd.concat(results, ignore_index=True)
-    return results.merge(cases[["case_id", "tissue", "site"]], on="case_id")
+    return results.merge(cases[["case_id", "tissue", "site", "native_mask"]], on="case_id")
+
+
+def final_run(params: dict[str, Any], model: str, progress: bool = True) -> Path:
+    """A run trained on every case of the set (no validation cases), for new cases.
+
+    ``<work_dir>/runs/<cohort>/<model>-all-<hash>``, trained once (resumes), in the
+    layout ``mstt-predict`` reads. Its training settings are the set's; ``fold`` is -1.
+    """
+    from mstt_lib.train import train
+
+    cache = slice_cache(params, progress=progress)
+    registered, _ = registered_cohort(params, progress=progress)
+    case_ids = sorted(set(registered["case_id"]) & set(cache.case_ids))
+    folder = run_dir(params, model, -1, cache)
+    folder = folder.with_name(folder.name.replace("-fold-1-", "-all-"))
+    if not (folder / "model.pt").is_file():
+        train(train_settings(params, model, -1), cache, case_ids, [], folder, progress=progress)
+    return folder
 
 
 def cohort_statistics(params: dict[str, Any], cases: pd.DataFrame, progress: bool = True) -> pd.DataFrame:

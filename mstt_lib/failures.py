@@ -169,9 +169,15 @@ def failure_montage(table: pd.DataFrame, per_tissue: int = 1, modality: str | No
         picks = [("worst", row) for _, row in worst.iterrows()] + [
             ("best", row) for _, row in best.iterrows()
         ]
-        for c in range(2 * per_tissue):
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
+        for c in range(per_tissue):
+            for column, shown in ((c, len(worst)), (per_tissue + c, len(best))):
+                axes[r, column].set_xticks([])
+                axes[r, column].set_yticks([])
+                if c >= shown:
+                    axes[r, column].axis("off")
+        if best.empty:
+            axis = axes[r, per_tissue]
+            axis.text(0.5, 0.5, "no other case of\nthis tissue scored", ha="center", transform=axis.transAxes)
         for c, (label, row) in enumerate(picks):
             axis = axes[r, c if label == "worst" else per_tissue + c - len(worst)]
             case = load_case_on_reference_grid(pd.Series({**row, "mask": row["native_mask"]}))
@@ -189,7 +195,8 @@ def failure_montage(table: pd.DataFrame, per_tissue: int = 1, modality: str | No
                 plane = _axial(mask, k).astype(float)
                 if plane.any():
                     axis.contour(plane, [0.5], colors=colour, linewidths=0.9)
-            kind = f"\n{row['failure_kind']}" if row.get("failure_kind") else ""
+            kind = row.get("failure_kind")
+            kind = f"\n{kind}" if isinstance(kind, str) and kind else ""
             axis.set_title(f"{label}: {row['case_id']}\nDice {row['dice']:.2f}{kind}", fontsize=8)
         axes[r, 0].set_ylabel(tissue or "no tissue recorded", fontsize=10)
     figure.suptitle("Worst (left) and best (right) cases per tissue: ground truth green, prediction red")

@@ -100,10 +100,13 @@ REAL_DATA: dict[str, dict[str, Any]] = {
         "spacing_mm": 2.0,
         "image_size": 128,
         "min_tumour_voxels": 25,  # the paper's 100 mm2 at 2 x 2 mm pixels
-        "epochs": 4,
+        "epochs": 5,
         "batch_size": 8,
         "samples_per_epoch": 64,
         "val_samples": 32,
+        # Ten times the paper's rate: with 40 steps per fold, 1e-4 leaves the U-Net
+        # predicting tumour almost everywhere (Dice about 0.15, against about 0.4).
+        "lr": 1e-3,
         "eval_cases": None,
     },
     "paper": {

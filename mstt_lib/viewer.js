@@ -1,9 +1,10 @@
 function (root, cfg) {
-  // Decodes the packed PNG (see mstt_lib.viz.encode_volume) and draws three planes.
+  // Decodes the packed sprites (see mstt_lib.viz.encode_volume) and draws three planes.
   var nx = cfg.shape[0], ny = cfg.shape[1], nz = cfg.shape[2];
   var sx = cfg.spacing[0], sy = cfg.spacing[1], sz = cfg.spacing[2];
   var state = {image: 0, contours: true, cross: true, pos: [nx >> 1, ny >> 1, nz >> 1]};
-  var channels = null;  // [red, green, blue] as Uint8Array of nx*ny*nz, index (k*ny + j)*nx + i
+  var channels = null;  // images, then the mask bits: Uint8Array of nx*ny*nz, index (k*ny + j)*nx + i
+  var maskChannel = cfg.images;
   var planes = [
     // name, fixed axis, width, height, voxel of display pixel (u, v) at index s
     {name: "axial", axis: 2, w: nx, h: ny, mmW: nx * sx, mmH: ny * sy,
@@ -24,6 +25,8 @@ function (root, cfg) {
   }
   var bar = el("div", {"class": "mstt-bar"});
   if (cfg.title) bar.appendChild(el("strong", {}, cfg.title));
+  if (cfg.lossy) bar.appendChild(el("em", {"class": "mstt-lossy"},
+    "images stored lossy (WebP quality " + cfg.lossy + ") to keep the page small; contours exact"));
   var group = "g" + Math.random().toString(36).slice(2);
   cfg.names.forEach(function (name, index) {
     var label = el("label", {});
@@ -92,7 +95,7 @@ function (root, cfg) {
         g = value(state.image, vox[0], vox[1], vox[2]);
         p = 4 * (v * w + u);
         out.data[p] = g; out.data[p + 1] = g; out.data[p + 2] = g; out.data[p + 3] = 255;
-        bits[v * w + u] = value(2, vox[0], vox[1], vox[2]);
+        if (cfg.masks) bits[v * w + u] = value(maskChannel, vox[0], vox[1], vox[2]);
       }
     }
     if (state.contours) {
@@ -124,42 +127,46 @@ function (root, cfg) {
   }
   function drawAll() { if (channels) planes.forEach(draw); }
 
-  var img = root.querySelector("img.mstt-data");
-  function decode() {
+  var imgs = Array.prototype.slice.call(root.querySelectorAll("img.mstt-data"));
+  function unpack(img) {
+    // Greyscale sprite: the red channel holds the value; tile k at row floor(k / cols), column k % cols.
     var canvas = document.createElement("canvas");
     canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
     var ctx = canvas.getContext("2d");
     ctx.drawImage(img, 0, 0);
     var rgba = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
-    var n = nx * ny * nz, tileW = nx, cols = cfg.columns;
-    channels = [new Uint8Array(n), new Uint8Array(n), new Uint8Array(n)];
+    var out = new Uint8Array(nx * ny * nz), cols = cfg.columns;
     for (var k = 0; k < nz; k++) {
-      var r0 = Math.floor(k / cols) * ny, c0 = (k % cols) * tileW;
+      var r0 = Math.floor(k / cols) * ny, c0 = (k % cols) * nx;
       for (var j = 0; j < ny; j++) {
         var src = 4 * ((r0 + j) * canvas.width + c0), dst = (k * ny + j) * nx;
-        for (var i = 0; i < nx; i++) {
-          channels[0][dst + i] = rgba[src + 4 * i];
-          channels[1][dst + i] = rgba[src + 4 * i + 1];
-          channels[2][dst + i] = rgba[src + 4 * i + 2];
-        }
+        for (var i = 0; i < nx; i++) out[dst + i] = rgba[src + 4 * i];
       }
     }
+    return out;
+  }
+  function decode() {
+    if (!imgs.every(function (img) { return img.complete && img.naturalWidth; })) return;
+    if (channels) return;
+    channels = imgs.map(unpack);
+    var n = nx * ny * nz, k, q;
     // Start on the slice where the first mask is largest, if there is one.
     if (cfg.maskNames.length) {
       var best = -1, bestK = state.pos[2], sums = [0, 0, 0];
       for (k = 0; k < nz; k++) {
         var area = 0;
-        for (var q = k * nx * ny; q < (k + 1) * nx * ny; q++) if (channels[2][q] & 1) {
+        for (q = k * nx * ny; q < (k + 1) * nx * ny; q++) if (channels[maskChannel][q] & 1) {
           area++; sums[0] += q % nx; sums[1] += Math.floor(q / nx) % ny; sums[2] += k;
         }
         if (area > best) { best = area; bestK = k; }
       }
       var total = 0;
-      for (q = 0; q < n; q++) if (channels[2][q] & 1) total++;
+      for (q = 0; q < n; q++) if (channels[maskChannel][q] & 1) total++;
       if (total) state.pos = [Math.round(sums[0] / total), Math.round(sums[1] / total), bestK];
     }
     drawAll();
     root.setAttribute("data-ready", "1");
   }
-  if (img.complete && img.naturalWidth) decode(); else img.addEventListener("load", decode);
+  imgs.forEach(function (img) { img.addEventListener("load", decode); });
+  decode();
 }

@@ -1,12 +1,13 @@
 """Figures for the book: plotly output that survives the static build, galleries, and
 a three-plane slice viewer that works in the static HTML book with no kernel.
 
-The viewer packs a case into one lossless PNG: each voxel's two images (8-bit,
-after the paper's percentile clamp and min-max) in the red and green channels and
-the masks as bits of the blue channel, axial slices tiled in a grid. A small
-script decodes it in the browser and draws the axial, coronal and sagittal planes
-with sliders, a modality switch, mask contours and linked crosshairs. No widget
-library renders in a kernel-less page at this size, hence our own.
+The viewer packs a case into greyscale sprites of its axial slices tiled in a grid:
+one per image (8-bit after the paper's percentile clamp and min-max; lossless PNG, or
+lossy WebP when a large volume would make the page heavy) and one holding the masks
+as bits (always lossless). A small script decodes them in the browser and draws the
+axial, coronal and sagittal planes with sliders, a modality switch, mask contours and
+linked crosshairs. No widget library renders in a kernel-less page at this size, hence
+our own; ``live_viewer`` is the ipywidgets version for a session with a kernel.
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ __all__ = [
     "encode_volume",
     "decode_volume",
     "slice_viewer",
+    "viewer_payload",
     "case_viewer",
+    "render_plane",
+    "live_viewer",
+    "live_case_viewer",
     "load_case_on_reference_grid",
     "load_mask",
     "trend_figure",
@@ -229,59 +234,107 @@ def _tile_grid(n_slices: int) -> tuple[int, int]:
     return columns, math.ceil(n_slices / columns)
 
 
-def encode_volume(images: Sequence[np.ndarray], masks: Sequence[np.ndarray] = ()) -> tuple[str, dict]:
-    """Pack up to two uint8 volumes and up to eight binary masks into a base64 PNG.
+def _sprite(volume: np.ndarray, columns: int) -> np.ndarray:
+    """Slices of an (x, y, z) uint8 volume tiled row by row: tile ``k``'s row ``y``, column ``x``."""
+    nx, ny, nz = volume.shape
+    rows = math.ceil(nz / columns)
+    sprite = np.zeros((rows * ny, columns * nx), dtype=np.uint8)
+    for k in range(nz):
+        r, c = divmod(k, columns)
+        sprite[r * ny : (r + 1) * ny, c * nx : (c + 1) * nx] = volume[:, :, k].T
+    return sprite
 
-    Volumes are (x, y, z) arrays on one grid. Slice ``k`` becomes tile ``k`` of a
-    grid read row by row; within a tile, row ``y`` and column ``x``. Red holds
-    ``images[0]``, green ``images[1]`` and blue bit ``b`` the mask ``masks[b]``.
-    Returns the PNG (base64) and the layout needed to decode it.
+
+def _untile(sprite: np.ndarray, shape: Sequence[int], columns: int) -> np.ndarray:
+    nx, ny, nz = shape
+    volume = np.zeros((nx, ny, nz), dtype=np.uint8)
+    for k in range(nz):
+        r, c = divmod(k, columns)
+        volume[:, :, k] = sprite[r * ny : (r + 1) * ny, c * nx : (c + 1) * nx].T
+    return volume
+
+
+def _data_uri(sprite: np.ndarray, quality: int | None) -> str:
+    buffer = io.BytesIO()
+    if quality is None:
+        Image.fromarray(sprite, "L").save(buffer, format="PNG", optimize=True)
+        mime = "image/png"
+    else:
+        Image.fromarray(sprite, "L").save(buffer, format="WEBP", quality=quality, method=6)
+        mime = "image/webp"
+    return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def encode_volume(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray] = (), quality: int | None = None
+) -> tuple[list[str], dict]:
+    """Pack uint8 volumes and up to eight binary masks into greyscale image data URIs.
+
+    Volumes are (x, y, z) arrays on one grid. Each image becomes one sprite, slice
+    ``k`` as tile ``k`` of a grid read row by row (within a tile, row ``y`` and column
+    ``x``); the masks share one more sprite, mask ``b`` in bit ``b``. Images are 8-bit
+    lossless PNG, or lossy WebP at ``quality`` (1-100) where a page must stay small;
+    masks are always lossless. Returns the URIs (images first) and the layout.
     """
-    if not 1 <= len(images) <= 2:
-        raise ValueError(f"the viewer packs one or two images, got {len(images)}")
+    if not 1 <= len(images) <= 8:
+        raise ValueError(f"the viewer packs one to eight images, got {len(images)}")
     if len(masks) > 8:
-        raise ValueError(f"at most 8 masks fit in the blue channel, got {len(masks)}")
+        raise ValueError(f"at most 8 masks fit in the mask sprite's 8 bits, got {len(masks)}")
     shape = images[0].shape
     for array in (*images, *masks):
         if array.shape != shape:
             raise ValueError(f"all volumes should share the shape {shape}, got {array.shape}")
         if array.ndim != 3:
             raise ValueError(f"expected 3D volumes, got shape {array.shape}")
-    nx, ny, nz = shape
-    channels = np.zeros((3, *shape), dtype=np.uint8)
-    for c, image in enumerate(images):
+    for image in images:
         if image.dtype != np.uint8:
             raise ValueError(f"images should be uint8 (8-bit), got {image.dtype}")
-        channels[c] = image
-    for bit, mask in enumerate(masks):
-        channels[2] |= (np.asarray(mask) > 0).astype(np.uint8) << bit
-    columns, rows = _tile_grid(nz)
-    sprite = np.zeros((rows * ny, columns * nx, 3), dtype=np.uint8)
-    for k in range(nz):
-        r, c = divmod(k, columns)
-        sprite[r * ny : (r + 1) * ny, c * nx : (c + 1) * nx] = channels[:, :, :, k].transpose(2, 1, 0)
-    buffer = io.BytesIO()
-    Image.fromarray(sprite, "RGB").save(buffer, format="PNG", optimize=True)
-    layout = {"shape": [nx, ny, nz], "columns": columns, "images": len(images), "masks": len(masks)}
-    return base64.b64encode(buffer.getvalue()).decode("ascii"), layout
+    if quality is not None and not 1 <= quality <= 100:
+        raise ValueError(f"quality should lie in 1..100, got {quality}")
+    columns, _ = _tile_grid(shape[2])
+    uris = [_data_uri(_sprite(image, columns), quality) for image in images]
+    if masks:
+        bits = np.zeros(shape, dtype=np.uint8)
+        for bit, mask in enumerate(masks):
+            bits |= (np.asarray(mask) > 0).astype(np.uint8) << bit
+        uris.append(_data_uri(_sprite(bits, columns), None))
+    layout = {
+        "shape": [int(n) for n in shape],
+        "columns": columns,
+        "images": len(images),
+        "masks": len(masks),
+        "bits": 8,
+        "lossy": quality,
+    }
+    return uris, layout
 
 
-def decode_volume(png_base64: str, layout: Mapping) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def decode_volume(uris: Sequence[str], layout: Mapping) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Inverse of ``encode_volume``: the uint8 images and boolean masks."""
-    sprite = np.asarray(Image.open(io.BytesIO(base64.b64decode(png_base64))).convert("RGB"))
-    nx, ny, nz = layout["shape"]
-    columns = layout["columns"]
-    volume = np.zeros((3, nx, ny, nz), dtype=np.uint8)
-    for k in range(nz):
-        r, c = divmod(k, columns)
-        volume[:, :, :, k] = sprite[r * ny : (r + 1) * ny, c * nx : (c + 1) * nx].transpose(2, 1, 0)
-    images = [volume[c] for c in range(layout["images"])]
-    masks = [((volume[2] >> bit) & 1).astype(bool) for bit in range(layout["masks"])]
+    volumes = []
+    for uri in uris:
+        data = base64.b64decode(uri.split(",", 1)[1])
+        sprite = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+        volumes.append(_untile(sprite, layout["shape"], layout["columns"]))
+    images = volumes[: layout["images"]]
+    masks = []
+    if layout["masks"]:
+        bits = volumes[layout["images"]]
+        masks = [((bits >> bit) & 1).astype(bool) for bit in range(layout["masks"])]
     return images, masks
 
 
 # ---------------------------------------------------------------------------
 # The viewer.
+
+
+def _eight_bit(volume: np.ndarray) -> np.ndarray:
+    """A uint8 volume as it is; any other normalised as the paper does and stored at 8 bits."""
+    volume = np.asarray(volume)
+    if volume.dtype == np.uint8:
+        return volume
+    return np.round(normalise_intensity(volume) * 255).astype(np.uint8)
+
 
 _SCRIPT = (Path(__file__).with_name("viewer.js")).read_text()
 _STYLE = """
@@ -304,6 +357,7 @@ def slice_viewer(
     masks: Mapping[str, np.ndarray] | None = None,
     title: str = "",
     display_px: int = 200,
+    max_bytes: int = 1_900_000,
 ):
     """A three-plane viewer of RAS-ordered volumes, as an ``IPython.display.HTML``.
 
@@ -312,16 +366,20 @@ def slice_viewer(
     stored at 8 bits. ``masks`` maps a label (``"ground truth"``, ``"prediction"``)
     to a binary volume drawn as a contour (green, red, ...). ``spacing`` (mm)
     sets each plane's aspect. Click a plane to move the other two there.
+
+    Images are stored losslessly while the embedded data stays under ``max_bytes``;
+    a larger (noisy, many-slice) volume is stored as lossy WebP at the highest
+    quality that fits, and the viewer says so. Masks are always exact.
     """
     from IPython.display import HTML
 
     masks = dict(masks or {})
     names = list(images)
-    eight_bit = [
-        v if v.dtype == np.uint8 else np.round(normalise_intensity(v) * 255).astype(np.uint8)
-        for v in images.values()
-    ]
-    png, layout = encode_volume(eight_bit, list(masks.values()))
+    eight_bit = [_eight_bit(v) for v in images.values()]
+    for quality in (None, 90, 80, 70, 60, 50, 40):
+        uris, layout = encode_volume(eight_bit, list(masks.values()), quality)
+        if sum(map(len, uris)) <= max_bytes:
+            break
     uid = f"mstt-{uuid.uuid4().hex[:10]}"
     config = {
         **layout,
@@ -332,12 +390,23 @@ def slice_viewer(
         "displayPx": display_px,
         "title": title,
     }
+    data = "".join(f'<img class="mstt-data" alt="" style="display:none" src="{uri}">' for uri in uris)
     html = (
-        f'{_STYLE}<div class="mstt-viewer" id="{uid}" data-ready="0">'
-        f'<img class="mstt-data" alt="" style="display:none" src="data:image/png;base64,{png}">'
+        f'{_STYLE}<div class="mstt-viewer" id="{uid}" data-ready="0">{data}'
         f"</div><script>({_SCRIPT})(document.getElementById('{uid}'), {json.dumps(config)});</script>"
     )
     return HTML(html)
+
+
+def viewer_payload(html: str) -> tuple[list[str], dict]:
+    """The data URIs and the config that a ``slice_viewer`` page embeds (for checks)."""
+    import re
+
+    uris = re.findall(r'<img class="mstt-data" alt="" style="display:none" src="([^"]+)">', html)
+    config = re.search(r"getElementById\('[^']+'\), (\{.*\})\);</script>", html, re.S)
+    if config is None:
+        raise ValueError("no mstt viewer in this HTML")
+    return uris, json.loads(config[1])
 
 
 def case_viewer(row: pd.Series, extra_masks: Mapping[str, np.ndarray] | None = None, **kwargs):
@@ -347,3 +416,210 @@ def case_viewer(row: pd.Series, extra_masks: Mapping[str, np.ndarray] | None = N
     canonical = _canonical(case)
     title = kwargs.pop("title", f"{row['case_id']} · {row.get('tissue') or ''} · {row.get('site') or ''}")
     return slice_viewer(canonical["images"], canonical["spacing"], canonical["masks"], title=title, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The live viewer: the same three planes as ipywidgets, for a session with a kernel.
+
+# plane -> the volume axis its slider moves; the display conventions are those of viewer.js.
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+_CROSSHAIR = (np.array([255.0, 255.0, 0.0]), 0.45)  # yellow at 45 %, as the script draws it
+
+
+def _plane_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """The 2D slice of a RAS volume as displayed, radiological view.
+
+    axial: rows anterior to posterior, patient's right on the left (``_axial``);
+    coronal: rows superior to inferior, patient's right on the left;
+    sagittal: rows superior to inferior, anterior on the left.
+    """
+    if plane == "axial":
+        return volume[::-1, ::-1, index].T
+    if plane == "coronal":
+        return volume[::-1, index, ::-1].T
+    if plane == "sagittal":
+        return volume[index, ::-1, ::-1].T
+    raise ValueError(f"plane should be one of {list(PLANES)}, got {plane!r}")
+
+
+def _crosshair_pixel(plane: str, point: Sequence[int], shape: Sequence[int]) -> tuple[int, int]:
+    """Display column and row of the point ``(x, y, z)`` in a plane (for its crosshair)."""
+    nx, ny, nz = shape
+    x, y, z = point
+    return {
+        "axial": (nx - 1 - x, ny - 1 - y),
+        "coronal": (nx - 1 - x, nz - 1 - z),
+        "sagittal": (ny - 1 - y, nz - 1 - z),
+    }[plane]
+
+
+def _rgb(colour) -> np.ndarray:
+    if isinstance(colour, str):
+        return np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)], dtype=np.uint8)
+    return np.asarray(colour, dtype=np.uint8)
+
+
+def render_plane(
+    volume_u8: np.ndarray,
+    masks: Sequence[np.ndarray],
+    plane: str,
+    index: int,
+    colours: Sequence = MASK_COLOURS,
+    point: Sequence[int] | None = None,
+) -> np.ndarray:
+    """One plane of the viewer as an RGB uint8 array (rows, columns, 3).
+
+    The slice ``index`` of ``plane`` (see ``PLANES``) of the RAS volume, in grey,
+    with the contour of each mask's slice (``mask_boundary``) painted in its
+    colour, later masks over earlier ones, as the static viewer's script does.
+    With ``point`` (x, y, z), a yellow crosshair through it is blended on top.
+    """
+    if volume_u8.dtype != np.uint8:
+        raise ValueError(f"the rendered volume should be uint8, got {volume_u8.dtype}")
+    grey = _plane_slice(volume_u8, plane, index)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    for mask, colour in zip(masks, colours, strict=False):
+        rgb[mask_boundary(_plane_slice(np.asarray(mask), plane, index) > 0)] = _rgb(colour)
+    if point is not None:
+        column, row = _crosshair_pixel(plane, point, volume_u8.shape)
+        colour, alpha = _CROSSHAIR
+        out = rgb.astype(np.float64)
+        out[:, column] = alpha * colour + (1 - alpha) * out[:, column]
+        out[row, :] = alpha * colour + (1 - alpha) * out[row, :]
+        rgb = np.round(out).astype(np.uint8)
+    return rgb
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _start_point(masks: Sequence[np.ndarray], shape: Sequence[int]) -> list[int]:
+    """Where the viewers open: the first mask's centroid in x, y and its largest axial
+    slice in z (as the script picks), else the volume's centre."""
+    if masks:
+        first = np.asarray(masks[0]) > 0
+        if first.any():
+            xs, ys, _ = np.nonzero(first)
+            return [int(np.floor(xs.mean() + 0.5)), int(np.floor(ys.mean() + 0.5)), _largest_slice(first)]
+    return [n // 2 for n in shape]
+
+
+def live_viewer(
+    images: Mapping[str, np.ndarray],
+    spacing: Sequence[float],
+    masks: Mapping[str, np.ndarray] | None = None,
+    title: str = "",
+    display_px: int = 256,
+):
+    """The three-plane viewer as ipywidgets, for a live session (needs a kernel).
+
+    Same conventions as ``slice_viewer``: RAS volumes, float ones normalised and
+    shown at 8 bits, radiological display, mask contours (``mask_boundary``) in
+    ``MASK_COLOURS``, each plane's aspect from ``spacing`` (mm). Each plane is an
+    ``ipywidgets.Image`` holding a PNG of ``render_plane``; nothing is redrawn by
+    matplotlib.
+
+    Linked planes: the three sliders *are* the shared point (x, y, z): the
+    sagittal slider is x, the coronal y and the axial z. Moving one slider
+    changes that plane's slice and moves the crosshair in the other two, which
+    are redrawn while the crosshair is on; the point is printed below the planes.
+    For tests and scripts the returned box carries its parts as attributes:
+    ``planes`` and ``sliders`` (dicts by plane name), ``modality``,
+    ``mask_toggles`` (dict by mask label), ``crosshair``, ``point_label`` and
+    ``render(plane)``, the RGB array its image shows.
+    """
+    import ipywidgets as widgets
+
+    masks = {name: np.asarray(m) > 0 for name, m in (masks or {}).items()}
+    if not images:
+        raise ValueError("the viewer needs at least one image")
+    volumes = {name: _eight_bit(v) for name, v in images.items()}
+    shape = next(iter(volumes.values())).shape
+    for array in (*volumes.values(), *masks.values()):
+        if array.ndim != 3 or array.shape != shape:
+            raise ValueError(f"all volumes should be 3D of one shape {shape}, got {array.shape}")
+    if len(masks) > len(MASK_COLOURS):
+        raise ValueError(f"at most {len(MASK_COLOURS)} masks have a colour, got {len(masks)}")
+    spacing = [float(s) for s in spacing]
+    colours = dict(zip(masks, MASK_COLOURS, strict=False))
+    point = _start_point(list(masks.values()), shape)
+    scale = display_px / max(n * s for n, s in zip(shape, spacing, strict=True))
+    extent = {  # display width and height (mm) of each plane
+        "axial": (shape[0] * spacing[0], shape[1] * spacing[1]),
+        "coronal": (shape[0] * spacing[0], shape[2] * spacing[2]),
+        "sagittal": (shape[1] * spacing[1], shape[2] * spacing[2]),
+    }
+
+    modality = widgets.ToggleButtons(options=list(volumes), description="image")
+    mask_toggles = {name: widgets.Checkbox(value=True, description=name, indent=False) for name in masks}
+    crosshair = widgets.Checkbox(value=True, description="crosshair", indent=False)
+    sliders, planes, boxes = {}, {}, []
+    for plane, axis in PLANES.items():
+        sliders[plane] = widgets.IntSlider(
+            value=point[axis], min=0, max=shape[axis] - 1, description=plane, continuous_update=True
+        )
+        width, height = extent[plane]
+        planes[plane] = widgets.Image(
+            format="png", width=str(max(1, round(width * scale))), height=str(max(1, round(height * scale)))
+        )
+        boxes.append(widgets.VBox([planes[plane], sliders[plane]]))
+    point_label = widgets.HTML()
+
+    def current_point() -> list[int]:
+        return [sliders["sagittal"].value, sliders["coronal"].value, sliders["axial"].value]
+
+    def render(plane: str) -> np.ndarray:
+        shown = [masks[name] for name, box in mask_toggles.items() if box.value]
+        shown_colours = [colours[name] for name, box in mask_toggles.items() if box.value]
+        return render_plane(
+            volumes[modality.value],
+            shown,
+            plane,
+            sliders[plane].value,
+            shown_colours,
+            current_point() if crosshair.value else None,
+        )
+
+    def redraw(names=tuple(PLANES)) -> None:
+        for plane in names:
+            planes[plane].value = _png_bytes(render(plane))
+        x, y, z = current_point()
+        mm = ", ".join(f"{c * s:.1f}" for c, s in zip((x, y, z), spacing, strict=True))
+        point_label.value = f"point (x, y, z) = ({x}, {y}, {z}) voxels, ({mm}) mm from voxel (0, 0, 0)"
+
+    def on_slider(plane):
+        def handler(_change):
+            redraw(tuple(PLANES) if crosshair.value else (plane,))
+
+        return handler
+
+    for plane, slider in sliders.items():
+        slider.observe(on_slider(plane), names="value")
+    for control in (modality, crosshair, *mask_toggles.values()):
+        control.observe(lambda _change: redraw(), names="value")
+
+    legend = "".join(
+        f'<span style="display:inline-block;width:10px;height:10px;margin:0 3px 0 8px;'
+        f'background:{colours[name]}"></span>{name}'
+        for name in masks
+    )
+    bar = [modality, *mask_toggles.values(), crosshair, widgets.HTML(legend)]
+    children = [widgets.HTML(f"<strong>{title}</strong>")] if title else []
+    box = widgets.VBox([*children, widgets.HBox(bar), widgets.HBox(boxes), point_label])
+    box.planes, box.sliders, box.modality = planes, sliders, modality
+    box.mask_toggles, box.crosshair = mask_toggles, crosshair
+    box.point_label, box.render = point_label, render
+    redraw()
+    return box
+
+
+def live_case_viewer(row: pd.Series, extra_masks: Mapping[str, np.ndarray] | None = None, **kwargs):
+    """``live_viewer`` for one case of the case table, as ``case_viewer`` builds the static one."""
+    case = load_case_on_reference_grid(row)
+    case["masks"] = {"ground truth": case["mask"], **(extra_masks or {})}
+    canonical = _canonical(case)
+    title = kwargs.pop("title", f"{row['case_id']} · {row.get('tissue') or ''} · {row.get('site') or ''}")
+    return live_viewer(canonical["images"], canonical["spacing"], canonical["masks"], title=title, **kwargs)

@@ -121,3 +121,32 @@ def test_plotly_figures_render_offline_from_the_books_own_plotly_js(server, brow
         "return Array.from(document.scripts).map(s => s.src).filter(s => s.includes('plotly'))"
     )
     assert len(scripts) == 1 and "_static/plotly.min.js" in scripts[0]
+
+
+def test_failure_chapter_links_to_case_pages_whose_viewer_shows_truth_and_prediction(server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{server}/book/chapters/07_failure_analysis.html")
+    links = browser.find_elements(By.CSS_SELECTOR, "a[href^='cases/']")
+    assert links, "the failure-analysis chapter links to no case page"
+    target = links[0].get_attribute("href")
+    browser.get(target)
+    assert "/book/chapters/cases/" in browser.current_url
+    _wait(browser, "return document.querySelector('.mstt-viewer[data-ready=\"1\"]') !== null")
+    viewer = browser.find_element(By.CSS_SELECTOR, ".mstt-viewer")
+    legend = viewer.text
+    assert "ground truth" in legend and "prediction (unet)" in legend
+    assert "Dice" in browser.find_element(By.CSS_SELECTOR, "table.mstt-metrics").text
+    axial = viewer.find_element(By.CSS_SELECTOR, "figure.mstt-axial")
+    canvas = axial.find_element(By.TAG_NAME, "canvas")
+    slider = axial.find_element(By.CSS_SELECTOR, "input[type=range]")
+    before_pixels, before_value = (
+        browser.execute_script(CANVAS_SUM, canvas),
+        int(slider.get_attribute("value")),
+    )
+    slider.click()
+    for _ in range(3):
+        slider.send_keys(Keys.ARROW_RIGHT if before_value == 0 else Keys.ARROW_LEFT)
+    assert int(slider.get_attribute("value")) != before_value
+    assert browser.execute_script(CANVAS_SUM, canvas) != before_pixels, "slider did not redraw"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 
 import nbformat
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 
 from mstt_lib.casepages import case_links, page_name, write_case_pages
 from mstt_lib.io import save_nifti
-from mstt_lib.viz import decode_volume
+from mstt_lib.viz import decode_volume, viewer_payload
 
 
 def _case(tmp_path, case_id):
@@ -54,10 +53,9 @@ def test_one_page_per_case_with_metrics_metadata_and_a_viewer_of_truth_and_predi
     assert all("remove-input" in c.metadata["tags"] for c in notebook.cells[1:])
     assert "private-folder-name" not in text  # no file paths in what the book publishes
     viewer = notebook.cells[2].outputs[0]["data"]["text/html"]
-    png = viewer.split("data:image/png;base64,")[1].split('"')[0]
-    config = json.loads(re.search(r"getElementById\('[^']+'\), (\{.*\})\);</script>", viewer)[1])
+    uris, config = viewer_payload(viewer)
     assert config["maskNames"] == ["ground truth", "prediction (litemedsam)", "prediction (unet)"]
-    _, masks = decode_volume(png, config)
+    _, masks = decode_volume(uris, config)
     # the case is RAS already: the viewer's masks are the files' voxels
     assert np.array_equal(masks[0], truth.astype(bool)) and np.array_equal(masks[2], prediction.astype(bool))
 

@@ -110,3 +110,36 @@ def test_measure_failures_reads_files_and_names_the_case_on_a_grid_mismatch(tmp_
     assert measured.loc[0, "fp_remote_ml"] == pytest.approx(0.18) and measured.loc[0, "dice"] == 0.5
     with pytest.raises(ValueError, match="X1.*small.nii.gz"):
         measure_failures(rows.assign(prediction=str(tmp_path / "small.nii.gz")), progress=False)
+
+
+def test_failure_montage_puts_each_tissues_worst_left_and_best_right(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mstt_lib.failures import failure_montage
+
+    prediction, truth = _volumes()
+    affine = np.diag([1.0, 1.0, 3.0, 1.0])
+    rng = np.random.default_rng(1)
+    save_nifti(rng.normal(size=truth.shape).astype(np.float32), affine, tmp_path / "t2.nii.gz")
+    save_nifti(truth.astype(np.uint8), affine, tmp_path / "truth.nii.gz")
+    save_nifti(prediction.astype(np.uint8), affine, tmp_path / "prediction.nii.gz")
+    files = {
+        "t1": None,
+        "t2": str(tmp_path / "t2.nii.gz"),
+        "native_mask": str(tmp_path / "truth.nii.gz"),
+        "prediction": str(tmp_path / "prediction.nii.gz"),
+    }
+    table = pd.DataFrame(
+        [
+            {"case_id": "F1", "tissue": "Fat", "dice": 0.9, **files},
+            {"case_id": "F2", "tissue": "Fat", "dice": 0.2, "failure_kind": "small tumour", **files},
+            {"case_id": "N1", "tissue": "Nerve", "dice": 0.5, **files},
+        ]
+    )
+    figure = failure_montage(table)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert titles[:2] == ["worst: F2\nDice 0.20\nsmall tumour", "best: F1\nDice 0.90"]
+    assert titles[2].startswith("worst: N1") and titles[3] == ""
+    assert not figure.axes[3].axison  # Nerve has no second case: its best panel is blank
+    assert figure.axes[0].get_ylabel() == "Fat" and figure.axes[2].get_ylabel() == "Nerve"
