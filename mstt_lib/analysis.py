@@ -47,7 +47,7 @@ def _case_statistics(row: pd.Series) -> dict:
     }
     for modality in ("t1", "t2"):
         path = row.get(modality)
-        if not path:
+        if not isinstance(path, str) or not path:  # None, or NaN in a column pandas made float
             stats[f"mean_{modality}"] = np.nan
             continue
         image = load_nifti(path, case_id)

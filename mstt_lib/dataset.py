@@ -193,9 +193,11 @@ def splits(params: dict[str, Any], cases: pd.DataFrame) -> list[dict[str, list[s
 
 def train_settings(params: dict[str, Any], model: str, fold: int):
     """The ``TrainSettings`` of one (model, fold) run of the set."""
-    from mstt_lib.train import TrainSettings
+    from mstt_lib.train import TrainSettings, resolve_device
 
     weights = params["unet_weights"] if model == "unet" else params["litemedsam_weights"]
+    # Loader processes feed a GPU; on a CPU they would take the model's cores.
+    on_gpu = resolve_device(params["device"]).type == "cuda"
     return TrainSettings(
         model=model,
         fold=int(fold),
@@ -212,6 +214,7 @@ def train_settings(params: dict[str, Any], model: str, fold: int):
         val_samples=params["val_samples"],
         seed=int(params["seed"]),
         device=params["device"],
+        loader_workers=int(params["workers"]) if on_gpu else 0,
     )
 
 
@@ -248,7 +251,7 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
     ``prediction`` and ``native_mask``; the layout of ``mstt_lib.evaluate``'s ``metrics.csv``.
     """
     from mstt_lib.evaluate import evaluate_run
-    from mstt_lib.train import train
+    from mstt_lib.train import resolve_device, train
 
     cache = slice_cache(params, progress=progress)
     registered, _ = registered_cohort(params, progress=progress)
@@ -274,6 +277,7 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
                 params["tta"],
                 params["planes"],
                 params["inference_batch_size"],
+                device=resolve_device(params["device"]),
                 progress=progress,
             )
             predictions = evaluation_dir(params, name, fold, cache)

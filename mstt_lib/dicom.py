@@ -555,6 +555,9 @@ def rasterise(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     number of times; edges are half-open in j and crossings in i, so a centre on a left or
     lower edge is inside and on a right or upper edge outside. All polygons' edges are
     counted together, which is the XOR of the polygons: a contour inside another is a hole.
+    Our own because ``skimage.draw.polygon`` fills one polygon at a time and counts centres
+    on an edge as inside both neighbours, so XOR-ing its masks would erase the shared edge
+    of two contours that touch; on the shared patients both give the same masks.
     """
     nx, ny = shape
     parity = np.zeros((nx + 1, ny), dtype=np.int32)

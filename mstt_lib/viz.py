@@ -121,7 +121,7 @@ def load_case_on_reference_grid(row: pd.Series) -> dict:
     images = {}
     for modality in ("T1", "T2"):
         path = row.get(modality.lower())
-        if not path:
+        if not isinstance(path, str) or not path:  # None, or NaN in a column pandas made float
             continue
         image = load_nifti(path, case_id)
         if image.shape != mask_image.shape or not np.allclose(image.affine, mask_image.affine, atol=1e-3):

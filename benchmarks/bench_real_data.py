@@ -1,0 +1,129 @@
+"""Real-data cross-validation Dice with the training budget it used, and the same budget on
+the synthetic cohort.
+
+The real data: the 29 T1 cases of the IBSI export of TCIA Soft-tissue-Sarcoma
+(``../shared/data/sts-ibsi-t1``, or ``--sts-dir``), with the set's real-data settings
+(``mstt_lib.params.REAL_DATA``). The synthetic comparison trains and scores the same way
+(same epochs, samples per epoch, batch, learning rate, grid, input size, models, folds,
+test-time augmentation and planes) on a fresh 30-case synthetic cohort (6 per tissue) with
+one modality, T2, so that both see 3 channels and no registration. Every stage runs into a
+fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from _record import PeakMemory, record
+
+from mstt_lib import dataset
+from mstt_lib.analysis import bootstrap_ci
+from mstt_lib.params import REAL_DATA, real_data_params
+
+SAME_BUDGET = (
+    "epochs",
+    "samples_per_epoch",
+    "val_samples",
+    "batch_size",
+    "lr",
+    "loss",
+    "spacing_mm",
+    "image_size",
+    "encoder",
+    "min_tumour_voxels",
+    "models",
+    "folds",
+    "tta",
+    "planes",
+    "device",
+    "workers",
+    "inference_batch_size",
+)
+
+
+def budget(params: dict) -> str:
+    samples = params["samples_per_epoch"] or "all"
+    return (
+        f"{'/'.join(params['models'])}, {len(params['folds'])} folds x {params['epochs']} epochs x "
+        f"{samples} samples (batch {params['batch_size']}, lr {params['lr']:g}), "
+        f"{params['spacing_mm']:g} mm grid, {params['image_size']} px, encoder {params['encoder']}, "
+        f"TTA {params['tta']}, planes {'+'.join(params['planes'])}, device {params['device']}"
+    )
+
+
+def cross_validate(params: dict) -> tuple[object, float, float]:
+    started = time.perf_counter()
+    with PeakMemory() as memory:
+        results = dataset.cross_validation_results(params)
+    return results, time.perf_counter() - started, memory.peak_gib
+
+
+def summary(results, name: str, seconds: float, peak: float) -> list[tuple[str, str, str]]:
+    mean, low, high = bootstrap_ci(results["dice"])
+    return [
+        (f"{name}: cross-validation Dice", f"{mean:.3f} (95 % CI {low:.3f}-{high:.3f})", ""),
+        (f"{name}: HD95 (mm), median", f"{np.nanmedian(results['hd95_mm']):.1f}", ""),
+        (f"{name}: surface Dice at 2 mm, mean", f"{np.nanmean(results['surface_dice']):.3f}", ""),
+        (
+            f"{name}: wall time (preprocessing, training, scoring)",
+            f"{seconds:.0f} s (peak {peak:.2f} GiB)",
+            "",
+        ),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", default="smoke", choices=sorted(REAL_DATA))
+    parser.add_argument("--sts-dir", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-synthetic", action="store_true")
+    parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument(
+        "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter (YAML value)"
+    )
+    args = parser.parse_args()
+    overrides = {name: yaml.safe_load(value) for name, value in args.p}
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mstt-bench-") as work:
+        real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
+        rows.append(("training budget", budget(real), ""))
+        if not args.skip_real:
+            if not Path(real["cohort"]).is_dir():
+                raise SystemExit(f"no real data at {real['cohort']}: give --sts-dir")
+            results, seconds, peak = cross_validate(real)
+            rows += summary(results, f"real data ({results['case_id'].nunique()} T1 cases)", seconds, peak)
+            rows.append(
+                (
+                    "real data: Dice per case",
+                    ", ".join(
+                        f"{r.case_id} {r.dice:.2f}" for r in results.sort_values("case_id").itertuples()
+                    ),
+                    "",
+                )
+            )
+        if not args.skip_synthetic:
+            same_budget = {k: real[k] for k in SAME_BUDGET}
+            synthetic = real_data_params(
+                args.set,
+                cohort="synthetic",
+                modalities=("T2",),
+                n_cases=30,
+                data_dir=work,
+                work_dir=work,
+                **same_budget,
+            )
+            results, seconds, peak = cross_validate(synthetic)
+            name = f"synthetic, same budget ({results['case_id'].nunique()} cases, T2 only)"
+            rows += summary(results, name, seconds, peak)
+    record(f"Real-data cross-validation ({args.set} set) and the same budget on the synthetic cohort", rows)
+
+
+if __name__ == "__main__":
+    main()
