@@ -1,0 +1,74 @@
+"""A T1-only cohort in the IBSI layout runs through every stage with 3 input channels.
+
+Five small synthetic cases stand in for the real data (which tests elsewhere use when it
+is there): the case table, registration skipped, the slice cache, cross-validation
+training and scoring, the model trained on all cases, and ``mstt-predict`` on the folder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mstt_lib import dataset
+from mstt_lib.io import save_nifti
+from mstt_lib.params import real_data_params
+from mstt_lib.predict import predict_folder
+
+AFFINE = np.array([[-2.0, 0, 0, 30.0], [0, -2.0, 0, 20.0], [0, 0, 4.0, -10.0], [0, 0, 0, 1]])  # LPS
+
+
+@pytest.fixture(scope="module")
+def ibsi_cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sts") / "sts-ibsi-t1"
+    rng = np.random.default_rng(0)
+    for index in range(5):
+        x, y, z = np.meshgrid(np.arange(24), np.arange(20), np.arange(8), indexing="ij")
+        mask = ((x - 10 - index) ** 2 + (y - 9) ** 2 < 25) & (z > 1) & (z < 7)
+        image = 100 + 300 * mask + rng.normal(0, 10, mask.shape)
+        save_nifti(image.astype(np.float32), AFFINE, root / f"STS_{index:03d}" / "MR_T1_image.nii.gz")
+        save_nifti(mask.astype(np.uint8), AFFINE, root / f"STS_{index:03d}" / "MR_T1_mask.nii.gz")
+    return root
+
+
+def _params(cohort, work):
+    return real_data_params(
+        "smoke",
+        cohort=str(cohort),
+        work_dir=str(work),
+        folds=(0,),
+        epochs=1,
+        samples_per_epoch=4,
+        val_samples=4,
+        batch_size=2,
+        image_size=32,
+        min_tumour_voxels=1,
+        workers=1,
+    )
+
+
+def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, tmp_path):
+    params = _params(ibsi_cohort, tmp_path / "work")
+    registered, quality = dataset.registered_cohort(params, progress=False)
+    assert list(registered["case_id"]) == [f"STS_{i:03d}" for i in range(5)]
+    assert (quality["status"] == "ok").all() and not (tmp_path / "work" / "registration").exists()
+    cache = dataset.slice_cache(params, progress=False)
+    assert cache.manifest["channels"] == ["T1[index-1]", "T1[index]", "T1[index+1]"]
+
+    results = dataset.cross_validation_results(params, progress=False)
+    assert len(results) == 1 and results["model"].tolist() == ["unet"]  # fold 0 holds one case of five
+    assert {"dice", "hd95_mm", "surface_dice", "prediction", "native_mask"} <= set(results.columns)
+
+    run = dataset.final_run(params, "unet", progress=False)
+    assert run.name.startswith("unet-all-")
+    assert json.loads((run / "preprocessing.json").read_text())["modalities"] == ["T1"]
+    status = predict_folder(
+        [run], ibsi_cohort, tmp_path / "predicted", tta="none", planes=("axial",), progress=False
+    )
+    assert status["status"].str.startswith("ok").all() and len(status) == 5
+    predicted = nib.load(tmp_path / "predicted" / "STS_002.nii.gz")
+    np.testing.assert_allclose(predicted.affine, AFFINE)  # on the case's own grid
+    assert predicted.shape == (24, 20, 8)
