@@ -351,6 +351,32 @@ _STYLE = """
 """
 
 
+_QUALITIES = (None, 90, 80, 70, 60, 50, 40)  # lossless first, then WebP qualities
+
+
+def _encode_within(
+    images: list[np.ndarray], masks: list[np.ndarray], max_bytes: int
+) -> tuple[list[str], dict]:
+    """The first of ``_QUALITIES`` whose encoding fits ``max_bytes`` (else the last).
+
+    Encoding a large noisy volume takes seconds per try, so every k-th slice is encoded
+    first to estimate where to start; the full encoding still decides.
+    """
+    step = max(1, images[0].shape[2] // 8)
+    sample = [v[:, :, ::step] for v in images], [m[:, :, ::step] for m in masks]
+    scale = images[0].shape[2] / sample[0][0].shape[2]
+    start = len(_QUALITIES) - 1
+    for index, quality in enumerate(_QUALITIES):
+        if sum(map(len, encode_volume(*sample, quality)[0])) * scale <= max_bytes:
+            start = index
+            break
+    for quality in _QUALITIES[max(0, start - 1) :]:  # one step back: the estimate is rough
+        uris, layout = encode_volume(images, masks, quality)
+        if sum(map(len, uris)) <= max_bytes:
+            break
+    return uris, layout
+
+
 def slice_viewer(
     images: Mapping[str, np.ndarray],
     spacing: Sequence[float],
@@ -376,10 +402,7 @@ def slice_viewer(
     masks = dict(masks or {})
     names = list(images)
     eight_bit = [_eight_bit(v) for v in images.values()]
-    for quality in (None, 90, 80, 70, 60, 50, 40):
-        uris, layout = encode_volume(eight_bit, list(masks.values()), quality)
-        if sum(map(len, uris)) <= max_bytes:
-            break
+    uris, layout = _encode_within(eight_bit, list(masks.values()), max_bytes)
     uid = f"mstt-{uuid.uuid4().hex[:10]}"
     config = {
         **layout,
