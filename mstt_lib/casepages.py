@@ -30,6 +30,8 @@ METRIC_COLUMNS = {
     "surface_dice": "surface Dice",
     "volume_true_ml": "tumour (ml)",
     "volume_pred_ml": "predicted (ml)",
+    "fp_remote_ml": "false positive away (ml)",
+    "fn_ml": "missed (ml)",
     "failure_kind": "failure kind",
 }
 
