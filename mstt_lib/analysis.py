@@ -7,7 +7,7 @@ import pandas as pd
 from nibabel.processing import resample_from_to
 from tqdm import tqdm
 
-from mstt_lib.cohort import TISSUES
+from mstt_lib.cohort import TISSUES, _text
 from mstt_lib.io import load_nifti, read_volume
 from mstt_lib.preprocess import normalise_intensity
 
@@ -46,8 +46,8 @@ def _case_statistics(row: pd.Series) -> dict:
         "spacing_z_mm": zooms[2],
     }
     for modality in ("t1", "t2"):
-        path = row.get(modality)
-        if not isinstance(path, str) or not path:  # None, or NaN in a column pandas made float
+        path = _text(row.get(modality))  # iterrows turns a None path into NaN
+        if path is None:
             stats[f"mean_{modality}"] = np.nan
             continue
         image = load_nifti(path, case_id)

@@ -64,7 +64,8 @@ def open_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd.DataF
         # The default folder is the library's own cache: remade when the settings change.
         generate_cohort(root, settings, progress=progress, replace_stale=True)
     # Checking every file of 199 cases takes seconds; a notebook asks several times.
-    # The table file's time (the case folders' for the IBSI layout) tells a changed cohort.
+    # The table file's time (the cohort folder's for the IBSI layout: cases added or removed)
+    # tells a changed cohort.
     table = next((root / n for n in ("cohort.csv", "dataset.json") if (root / n).is_file()), root)
     stamp = table.stat().st_mtime_ns if table.exists() else None
     key = (str(root), tuple(params["modalities"]), params["skip_bad_cases"], stamp)

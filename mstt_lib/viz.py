@@ -28,7 +28,7 @@ from nibabel.processing import resample_from_to
 from PIL import Image
 from scipy import ndimage
 
-from mstt_lib.cohort import TISSUES
+from mstt_lib.cohort import TISSUES, _text
 from mstt_lib.io import load_nifti, read_volume
 from mstt_lib.preprocess import normalise_intensity
 
@@ -120,8 +120,8 @@ def load_case_on_reference_grid(row: pd.Series) -> dict:
     mask_image = load_nifti(row["mask"], case_id)
     images = {}
     for modality in ("T1", "T2"):
-        path = row.get(modality.lower())
-        if not isinstance(path, str) or not path:  # None, or NaN in a column pandas made float
+        path = _text(row.get(modality.lower()))  # iterrows turns a None path into NaN
+        if path is None:
             continue
         image = load_nifti(path, case_id)
         if image.shape != mask_image.shape or not np.allclose(image.affine, mask_image.affine, atol=1e-3):
