@@ -576,19 +576,38 @@ def live_viewer(
         "sagittal": (shape[1] * spacing[1], shape[2] * spacing[2]),
     }
 
-    modality = widgets.ToggleButtons(options=list(volumes), description="image")
-    mask_toggles = {name: widgets.Checkbox(value=True, description=name, indent=False) for name in masks}
-    crosshair = widgets.Checkbox(value=True, description="crosshair", indent=False)
+    # Widths are set on the controls: ipywidgets' defaults (300 px each) would stack them.
+    modality = widgets.ToggleButtons(
+        options=list(volumes),
+        description="image",
+        style={"button_width": "3.5em", "description_width": "3em"},
+    )
+    mask_toggles = {
+        name: widgets.Checkbox(value=True, description=name, indent=False, layout={"width": "auto"})
+        for name in masks
+    }
+    crosshair = widgets.Checkbox(value=True, description="crosshair", indent=False, layout={"width": "auto"})
     sliders, planes, boxes = {}, {}, []
     for plane, axis in PLANES.items():
+        width, height = (max(1, round(mm * scale)) for mm in extent[plane])
         sliders[plane] = widgets.IntSlider(
-            value=point[axis], min=0, max=shape[axis] - 1, description=plane, continuous_update=True
+            value=point[axis],
+            min=0,
+            max=shape[axis] - 1,
+            description=plane,
+            continuous_update=True,
+            style={"description_width": "4.5em"},
+            layout={"width": f"{max(width, 200)}px"},
         )
-        width, height = extent[plane]
+        # The size also goes in the style: the widget's CSS (height: auto) would otherwise keep the
+        # PNG's voxel aspect and drop the spacing, squashing coronal and sagittal planes.
         planes[plane] = widgets.Image(
-            format="png", width=str(max(1, round(width * scale))), height=str(max(1, round(height * scale)))
+            format="png",
+            width=str(width),
+            height=str(height),
+            layout={"width": f"{width}px", "height": f"{height}px", "min_width": f"{width}px"},
         )
-        boxes.append(widgets.VBox([planes[plane], sliders[plane]]))
+        boxes.append(widgets.VBox([planes[plane], sliders[plane]]).add_class(f"mstt-live-{plane}"))
     point_label = widgets.HTML()
 
     def current_point() -> list[int]:
@@ -631,7 +650,12 @@ def live_viewer(
     )
     bar = [modality, *mask_toggles.values(), crosshair, widgets.HTML(legend)]
     children = [widgets.HTML(f"<strong>{title}</strong>")] if title else []
-    box = widgets.VBox([*children, widgets.HBox(bar), widgets.HBox(boxes), point_label])
+    controls = widgets.HBox(bar, layout={"flex_flow": "row wrap", "align_items": "center", "grid_gap": "1em"})
+    views = widgets.HBox(
+        boxes, layout={"flex_flow": "row wrap", "align_items": "flex-start", "grid_gap": "1em"}
+    )
+    box = widgets.VBox([*children, controls, views, point_label])
+    box.add_class("mstt-live-viewer")  # CSS hooks (and the browser test's) on the box and each plane
     box.planes, box.sliders, box.modality = planes, sliders, modality
     box.mask_toggles, box.crosshair = mask_toggles, crosshair
     box.point_label, box.render = point_label, render
