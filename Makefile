@@ -7,8 +7,13 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 PARAMS ?= smoke
 KERNEL ?= python3
+# `make lab`: JupyterLab's port when free (else any free one); `make publish`: the git remote.
+LAB_PORT ?= 8888
+REMOTE ?= origin
+# The project's Jupyter kernel, registered inside the venv (like `ipykernel install --sys-prefix`).
+KERNELSPEC := $(VENV)/share/jupyter/kernels/mstt-book/kernel.json
 
-.PHONY: install book run build test unit notebooks browser-deps lint references clean
+.PHONY: install book run build test unit notebooks browser-deps lint references lab publish clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +21,10 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(INSTALLED)
 
-install: $(INSTALLED)
+$(KERNELSPEC): $(INSTALLED)
+	$(PY) -m mstt_lib.lab kernel
+
+install: $(INSTALLED) $(KERNELSPEC)
 
 # Generate the synthetic cohort (first time), run every notebook, build _build/html.
 book: install
@@ -41,6 +49,14 @@ test: install browser-deps book
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# JupyterLab in this folder on 127.0.0.1, with its own token; prints the URL. Ctrl-C stops it.
+lab: install
+	$(PY) -m mstt_lib.lab serve --port $(LAB_PORT)
+
+# Push the built book (_build/html, from `make book`) to the gh-pages branch of $(REMOTE).
+publish: install
+	$(VENV)/bin/mstt-book publish --remote $(REMOTE)
 
 # After a deliberate change of a checked result: store the new nbval references.
 references: run

@@ -108,6 +108,7 @@ def pick_port(preferred: int | None = DEFAULT_PORT) -> int:
     """``preferred`` when it is free on 127.0.0.1, else a free port the system picks."""
     for port in (preferred, 0) if preferred else (0,):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:

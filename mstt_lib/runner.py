@@ -31,6 +31,7 @@ __all__ = [
     "run_notebooks",
     "build_book",
     "store_references",
+    "publish_book",
     "main",
 ]
 
@@ -159,6 +160,45 @@ def build_book(root: Path | None = None) -> Path:
     return root / "_build" / "html"
 
 
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"[mstt-book] git {' '.join(args)} failed in {root}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def publish_book(
+    root: Path | None = None, remote: str = "origin", branch: str = "gh-pages", html: Path | None = None
+) -> str:
+    """Push the built book to ``branch`` of ``remote`` with ghp-import; returns the pushed commit.
+
+    ghp-import (what jupyter-book documents) commits ``_build/html`` (default), plus
+    ``.nojekyll`` so GitHub Pages serves ``_static/``, as the whole tree of
+    ``branch``, replacing the last publication, and force-pushes that branch only:
+    the working tree and the checked-out branch are left as they were, so built
+    HTML never lands on main. ``remote`` is a remote's name or a repository URL/path.
+    """
+    root = (root or project_root()).resolve()
+    html = (html or root / "_build" / "html").resolve()
+    if not (html / "index.html").is_file():
+        raise SystemExit(f"[mstt-book] no built book: {html}/index.html is missing; run `make book` first")
+    top = Path(_git(root, "rev-parse", "--show-toplevel")).resolve()
+    current = _git(top, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch in (current, "main", "master"):
+        raise SystemExit(f"[mstt-book] refusing to publish onto {branch!r}: the HTML goes to its own branch")
+    source = _git(top, "rev-parse", "--short", "HEAD")
+    command = [sys.executable, "-m", "ghp_import", "--no-jekyll", "--push", "--force"]
+    command += ["--remote", remote, "--branch", branch, "--message", f"Publish the book built from {source}"]
+    result = subprocess.run([*command, str(html)], cwd=top, capture_output=True, text=True)
+    pushed = _git(top, "rev-parse", f"refs/heads/{branch}") if result.returncode == 0 else ""
+    if result.returncode != 0 or "Failed" in result.stdout or not pushed:
+        raise SystemExit(f"[mstt-book] ghp-import failed: {(result.stderr or result.stdout).strip()}")
+    remote_head = _git(top, "ls-remote", remote, f"refs/heads/{branch}").split()
+    if not remote_head or remote_head[0] != pushed:
+        raise SystemExit(f"[mstt-book] {remote} has not received {branch} ({pushed[:12]})")
+    return pushed
+
+
 def store_references(root: Path | None = None) -> list[Path]:
     """Make the source notebooks hold only the outputs nbval compares.
 
@@ -218,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     commands.add_parser("build", help="build the HTML book from the executed notebooks")
     commands.add_parser("references", help="store nbval reference outputs in the source notebooks")
+    publish = commands.add_parser("publish", help="push _build/html to the gh-pages branch of a git remote")
+    publish.add_argument("--remote", default="origin", help="remote name or repository URL (default origin)")
+    publish.add_argument("--branch", default="gh-pages")
     args = parser.parse_args(argv)
 
     if args.command in ("run", "book", "grid"):
@@ -233,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "references":
         for path in store_references():
             print(f"[mstt-book] references stored in {path}")
+    if args.command == "publish":
+        commit = publish_book(remote=args.remote, branch=args.branch)
+        print(f"[mstt-book] book published to {args.branch} of {args.remote} ({commit[:12]})")
 
 
 if __name__ == "__main__":

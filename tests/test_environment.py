@@ -44,3 +44,10 @@ def test_environment_yml_python_matches_requires_python():
     python = next(d for d in conda if d.startswith("python"))
     version = python.split("=")[-1]
     assert Requirement(f"python{requires}").specifier.contains(f"{version}.0"), (python, requires)
+
+
+def test_what_make_lab_and_make_publish_run_is_a_runtime_dependency():
+    """`make lab` runs JupyterLab (and mstt_lib.lab imports psutil); `make publish` runs ghp-import."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {_normalise(s)[0] for s in project["dependencies"]}
+    assert {"jupyterlab", "ghp-import", "psutil", "ipykernel"} <= runtime
