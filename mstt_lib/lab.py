@@ -226,14 +226,21 @@ def stop_lab(server: LabServer, timeout: float = 30) -> list[int]:
 
 
 def serve(root: str | Path | None = None, port: int = DEFAULT_PORT) -> None:
-    """``make lab``: start JupyterLab, print its URL, and stop it all on Ctrl-C, SIGTERM or hang-up."""
-    server = start_lab(root, pick_port(port))
+    """``make lab``: start JupyterLab, print its URL, and stop it all on Ctrl-C, SIGTERM or hang-up.
+
+    The server runs in a session of its own (so a Ctrl-C reaches this process, not
+    Jupyter's shutdown prompt); these signals, handled from before it starts, end it.
+    """
 
     def interrupt(signum, _frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, interrupt)
+    try:
+        server = start_lab(root, pick_port(port))
+    except KeyboardInterrupt:
+        raise SystemExit("[mstt-book] interrupted while JupyterLab was starting; stopped it") from None
     try:
         print(
             f"\n[mstt-book] JupyterLab is running in {server.root}, kernel {KERNEL_NAME!r} available.\n"
