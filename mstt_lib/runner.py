@@ -186,13 +186,18 @@ def publish_book(
     current = _git(top, "rev-parse", "--abbrev-ref", "HEAD")
     if branch in (current, "main", "master"):
         raise SystemExit(f"[mstt-book] refusing to publish onto {branch!r}: the HTML goes to its own branch")
+    reach = subprocess.run(["git", "ls-remote", "--heads", remote], cwd=top, capture_output=True, text=True)
+    if reach.returncode != 0:
+        reason = next((line for line in reach.stderr.splitlines() if line.strip()), "no answer")
+        raise SystemExit(f"[mstt-book] cannot publish to {remote!r}: {reason.removeprefix('fatal: ')}")
     source = _git(top, "rev-parse", "--short", "HEAD")
     command = [sys.executable, "-m", "ghp_import", "--no-jekyll", "--push", "--force"]
     command += ["--remote", remote, "--branch", branch, "--message", f"Publish the book built from {source}"]
     result = subprocess.run([*command, str(html)], cwd=top, capture_output=True, text=True)
     pushed = _git(top, "rev-parse", f"refs/heads/{branch}") if result.returncode == 0 else ""
     if result.returncode != 0 or "Failed" in result.stdout or not pushed:
-        raise SystemExit(f"[mstt-book] ghp-import failed: {(result.stderr or result.stdout).strip()}")
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        raise SystemExit(f"[mstt-book] ghp-import failed: {lines[-1]}")
     remote_head = _git(top, "ls-remote", remote, f"refs/heads/{branch}").split()
     if not remote_head or remote_head[0] != pushed:
         raise SystemExit(f"[mstt-book] {remote} has not received {branch} ({pushed[:12]})")

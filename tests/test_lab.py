@@ -419,10 +419,14 @@ def test_mstt_book_publish_takes_another_remote(project, monkeypatch, capsys):
     assert "gh-pages" not in _git(remote, "branch", "--list")  # origin untouched
 
 
-def test_publish_refuses_without_a_build_and_onto_main(project):
+def test_publish_refuses_without_a_build_an_unknown_remote_and_main(project):
     repo, remote = project
     with pytest.raises(SystemExit, match="main"):
         publish_book(repo, branch="main")
+    with pytest.raises(
+        SystemExit, match="cannot publish to 'nowhere': 'nowhere' does not appear to be a git"
+    ):
+        publish_book(repo, remote="nowhere")
     shutil.rmtree(repo / "_build")
     with pytest.raises(SystemExit, match="make book"):
         publish_book(repo)
