@@ -161,7 +161,12 @@ def start_lab(
     server = LabServer(process, root, port, token)
     try:
         deadline = time.monotonic() + timeout
-        while _status(f"{server.base_url}api/status", token) != 200:
+        while (status := _status(f"{server.base_url}api/status", token)) != 200:
+            if status == 403:
+                raise RuntimeError(
+                    "JupyterLab refused the token it was started with: a Jupyter configuration file sets "
+                    "another one (`jupyter --paths` lists where they are)"
+                )
             if process.poll() is not None:
                 raise RuntimeError(f"JupyterLab exited with status {process.returncode} before it answered")
             if time.monotonic() > deadline:

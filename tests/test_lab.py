@@ -140,14 +140,22 @@ def test_lab_needs_its_token_offers_the_kernel_and_stops_with_its_kernels(tmp_pa
     assert not _listening(server.port)
 
 
-def test_lab_refuses_to_run_when_a_config_turns_authentication_off(tmp_path):
+@pytest.mark.parametrize(
+    ("token", "message", "logged"),
+    [
+        ("", "without its token", "authentication is disabled"),  # authentication off
+        ("a-token-of-its-own", "refused the token", "is running at"),  # not the token we print
+    ],
+    ids=["no-token", "other-token"],
+)
+def test_lab_refuses_to_run_when_a_config_overrides_its_token(tmp_path, token, message, logged):
     folders = _isolated(tmp_path)
     config = Path(folders["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.json"
-    config.write_text(json.dumps({"IdentityProvider": {"token": ""}}))
+    config.write_text(json.dumps({"IdentityProvider": {"token": token}}))
     port = lab.pick_port(None)
-    with open(tmp_path / "lab.log", "w") as log, pytest.raises(RuntimeError, match="without its token"):
+    with open(tmp_path / "lab.log", "w") as log, pytest.raises(RuntimeError, match=message):
         lab.start_lab(tmp_path, port=port, env=folders, log=log)
-    assert "authentication is disabled" in (tmp_path / "lab.log").read_text()  # it did start, then
+    assert logged in (tmp_path / "lab.log").read_text()  # it did start, then
     assert not _listening(port)  # ... was stopped
 
 
