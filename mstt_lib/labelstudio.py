@@ -242,7 +242,7 @@ def export_volume(
     axis, _, _ = _plane_axes(plane)
 
     image = load_nifti(image_path, case_id)
-    volume = read_volume(image, case_id, np.float32)
+    volume = read_volume(image, case_id, np.float32, finite=False)
     lo, hi = _window(volume)
     pixels = _to_uint8(volume, lo, hi)
     width, height = _png_size(volume.shape, plane)
