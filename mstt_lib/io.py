@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ __all__ = [
     "SAFE_CASE_ID",
     "atomic_path",
     "case_id_problem",
+    "command_errors",
+    "describe_error",
     "load_nifti",
     "nonfinite_voxels",
     "read_volume",
@@ -196,3 +199,35 @@ def save_nifti(
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
     return Path(path)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line saying what failed and where: the message, the file of an OSError, the type if foreign."""
+    problems = getattr(error, "problems", None)
+    if problems:  # a CohortError: every bad case, on one line
+        text = f"{len(problems)} bad case(s): " + "; ".join(map(str, problems))
+    elif isinstance(error, OSError) and error.strerror:
+        where = [str(f) for f in (error.filename, error.filename2) if f is not None]
+        text = error.strerror + (f": {' -> '.join(where)}" if where else "")
+    elif isinstance(error, ValueError) and type(error).__module__.startswith(("mstt_lib", "__main__")):
+        text = str(error)
+    elif type(error) in (ValueError, FileNotFoundError):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return " ".join(text.split())
+
+
+@contextmanager
+def command_errors(prog: str, debug: bool = False) -> Iterator[None]:
+    """A command line's errors as one line on stderr and exit status 1; ``debug`` keeps the traceback.
+
+    Usage errors (exit status 2) are argparse's; an interrupt stays an interrupt.
+    """
+    try:
+        yield
+    except Exception as error:
+        if debug:
+            raise
+        print(f"{prog}: error: {describe_error(error)}", file=sys.stderr)
+        raise SystemExit(1) from None
