@@ -37,6 +37,8 @@ __all__ = [
 SAFE_CASE_ID = re.compile(r"[A-Za-z0-9_.-]+")
 # More voxels than any MRI volume has (2**30, 4 GiB as float32): a damaged header, not an image.
 MAX_VOXELS = 2**30
+# Voxel sizes and a field of view no MRI has: resampling such a grid to 1 mm would not fit in memory.
+MIN_SPACING_MM, MAX_SPACING_MM, MAX_EXTENT_MM = 1e-3, 100.0, 2500.0
 
 
 class CaseFileError(ValueError):
@@ -106,6 +108,14 @@ def load_nifti(path: str | os.PathLike, case_id: str = "?") -> nib.Nifti1Image:
             raise CaseFileError(case_id, path, f"degenerate voxel spacing {shown}")
     if not np.all(np.isfinite(image.affine)):
         raise CaseFileError(case_id, path, "the affine (qform/sform) holds NaN or infinite values")
+    for spacing in (raw, columns):
+        if spacing is not None and (np.any(spacing < MIN_SPACING_MM) or np.any(spacing > MAX_SPACING_MM)):
+            shown = tuple(float(f"{s:.4g}") for s in spacing)
+            raise CaseFileError(case_id, path, f"implausible voxel spacing {shown} mm (damaged header?)")
+    extent = columns * np.asarray(image.shape[:3], dtype=float)
+    if np.any(extent > MAX_EXTENT_MM):
+        shown = tuple(round(float(e)) for e in extent)
+        raise CaseFileError(case_id, path, f"implausible field of view {shown} mm (damaged header?)")
     return image
 
 

@@ -269,3 +269,15 @@ def test_case_file_error_without_a_path_names_only_the_case():
     assert str(error) == "case CASE_7: no mask path in the table"
     assert error.path is None
     assert isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize(
+    "scale, words",
+    [(1e-6, "implausible voxel spacing"), (500.0, "implausible voxel spacing"), (90.0, "field of view")],
+)
+def test_load_nifti_refuses_spacings_and_extents_no_mri_has(tmp_path, scale, words):
+    affine = np.diag([1.0, 1.0, scale, 1.0])
+    path = save_nifti(np.ones((4, 3, 40), np.float32), affine, tmp_path / "vol.nii.gz")
+    with pytest.raises(CaseFileError, match=words) as info:
+        load_nifti(path, "CASE_7")
+    assert str(path) in str(info.value)
