@@ -5,7 +5,7 @@ empty when not recorded), ``site``, ``diagnosis``, ``annotation_modality``
 (T1 or T2), and the absolute paths ``t1``, ``t2`` and ``mask`` (empty for a
 modality the cohort does not have).
 
-Two on-disk layouts are read:
+Three on-disk layouts are read (and, for new cases to segment, a fourth):
 
 * the project's own: ``<root>/cohort.csv`` with those columns (paths relative
   to ``<root>`` or absolute), usually a folder per case holding
@@ -16,7 +16,14 @@ Two on-disk layouts are read:
 * the IBSI export of the TCIA Soft-tissue-Sarcoma collection (and what
   ``mstt_lib.dicom`` writes): ``<case>/MR_T1_image.nii.gz``,
   ``<case>/MR_T1_mask.nii.gz`` (and ``MR_T2_*`` where a T2 exists); no clinical
-  columns, so tissue and site stay empty.
+  columns, so tissue and site stay empty;
+* for images without masks only (``read_cases(..., masks=False)``, what ``mstt-predict``
+  reads): a plain folder of ``<case>_0000.nii.gz`` (T1) and ``<case>_0001.nii.gz`` (T2),
+  and an nnU-Net dataset's ``imagesTs/`` (else ``imagesTr/``).
+
+Every layout goes through the same checks: case ids must be plain names (``SAFE_CASE_ID``:
+they name output files), unique and non-empty; every volume is read through
+``mstt_lib.io``, which refuses NaN and +-Inf voxels.
 
 The mask lies on the grid of the reference image: T2 when the cohort has T2
 (T1 is registered onto it later), else T1.
@@ -35,7 +42,15 @@ import pandas as pd
 from nibabel.processing import resample_from_to
 from tqdm import tqdm
 
-from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume, save_nifti
+from mstt_lib.io import (
+    CaseFileError,
+    atomic_path,
+    case_id_problem,
+    load_nifti,
+    nonfinite_voxels,
+    read_volume,
+    save_nifti,
+)
 
 __all__ = [
     "TISSUES",
@@ -45,6 +60,7 @@ __all__ = [
     "CaseProblem",
     "CohortError",
     "EmptyMaskWarning",
+    "read_cases",
     "read_cohort",
     "read_nnunet",
     "read_ibsi",
@@ -73,7 +89,8 @@ class CaseProblem:
 
     def __str__(self) -> str:
         where = f" ({self.path})" if self.path else ""
-        return f"case {self.case_id}: {self.message}{where}"
+        who = f"case {self.case_id}" if self.case_id else "a row with no case id"
+        return f"{who}: {self.message}{where}"
 
 
 class CohortError(ValueError):
@@ -127,15 +144,26 @@ def _finish_table(table: pd.DataFrame, root: Path, source: Path) -> tuple[pd.Dat
     for column in CASE_COLUMNS:
         if column not in table.columns:
             table[column] = None
-    table["case_id"] = table["case_id"].astype(str).str.strip()
+    table["case_id"] = [_text(c) or "" for c in table["case_id"]]
     table["tissue"] = _object_column(map(_normalise_tissue, table["tissue"]), table.index)
-    for column in ("t1", "t2", "mask"):
-        paths = (_text(p) for p in table[column])
-        table[column] = _object_column(
-            (None if p is None else str((root / p).resolve()) for p in paths), table.index
-        )
     problems = []
-    duplicated = table["case_id"][table["case_id"].duplicated(keep=False)]
+    for column in ("t1", "t2", "mask"):
+        resolved = []
+        for case_id, path in zip(table["case_id"], map(_text, table[column]), strict=True):
+            try:
+                resolved.append(None if path is None else str((root / path).resolve()))
+            except (ValueError, OSError, RuntimeError) as error:  # NUL bytes, loops, too long
+                problems.append(
+                    CaseProblem(case_id, f"{column} path {path!r} is not usable: {error}", str(source))
+                )
+                resolved.append(None)
+        table[column] = _object_column(resolved, table.index)
+    for number, case_id in enumerate(table["case_id"], start=1):
+        problem = case_id_problem(case_id)
+        if problem:
+            problems.append(CaseProblem(case_id, f"{problem} (row {number})", str(source)))
+    named = table["case_id"][table["case_id"] != ""]
+    duplicated = named[named.duplicated(keep=False)]
     for case_id in sorted(set(duplicated)):
         count = int((table["case_id"] == case_id).sum())
         problems.append(CaseProblem(case_id, f"duplicate case id ({count} rows)", str(source)))
@@ -157,34 +185,93 @@ def read_cohort(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
     path = root / COHORT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no case table: {path} does not exist")
-    return _finish_table(pd.read_csv(path, dtype=str, keep_default_na=False), root, path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: empty file (expected a header line and one row per case)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{path}: not a readable CSV table ({reason})") from None
+    if table.empty:
+        raise ValueError(f"{path}: no cases (a header line but no rows)")
+    return _finish_table(table, root, path)
 
 
-def read_nnunet(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
-    """Read an nnU-Net raw dataset folder (channel 0 = T1, channel 1 = T2)."""
+def _read_dataset_json(path: Path) -> tuple[str, dict[str, int]]:
+    """nnU-Net's ``dataset.json``: the file ending and the channel index of each modality."""
+    try:
+        dataset = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{path}: expected a JSON object with channel_names, labels and file_ending")
+    ending = dataset.get("file_ending", ".nii.gz")
+    names = dataset.get("channel_names", dataset.get("modality", {}))
+    if not isinstance(ending, str) or not ending.startswith("."):
+        raise ValueError(f"{path}: file_ending should be a text such as '.nii.gz', got {ending!r}")
+    try:
+        channels = {str(v).upper(): int(k) for k, v in names.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(
+            f"{path}: channel_names should map channel numbers to names, got {names!r}"
+        ) from None
+    return ending, {m: i for m, i in channels.items() if m in MODALITIES and 0 <= i <= 9999}
+
+
+def read_nnunet(root: str | Path, masks: bool = True) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Read an nnU-Net raw dataset folder (channel 0 = T1, channel 1 = T2).
+
+    With ``masks`` the cases are those of ``labelsTr``; without, those with an image in
+    ``imagesTs`` (else ``imagesTr``), as for segmenting new cases.
+    """
     root = Path(root)
     dataset_file = root / "dataset.json"
     if not dataset_file.is_file():
         raise FileNotFoundError(f"not an nnU-Net raw dataset: {dataset_file} does not exist")
-    dataset = json.loads(dataset_file.read_text())
-    ending = dataset.get("file_ending", ".nii.gz")
-    channels = {int(k): str(v).upper() for k, v in dataset.get("channel_names", {}).items()}
-    labels = sorted((root / "labelsTr").glob(f"*{ending}"))
+    ending, channels = _read_dataset_json(dataset_file)
+    images = root / "imagesTr"
+    if masks:
+        labels = sorted((root / "labelsTr").glob(f"*{ending}"))
+        case_ids = [label.name[: -len(ending)] for label in labels]
+        where = root / "labelsTr"
+    else:
+        images = root / "imagesTs" if (root / "imagesTs").is_dir() else images
+        case_ids = _channel_cases(images, ending, channels.values())
+        where = images
+    if not case_ids:
+        raise ValueError(f"{dataset_file}: no cases (no *{ending} files in {where})")
     records = []
-    for label in labels:
-        case_id = label.name[: -len(ending)]
-        record = {"case_id": case_id, "mask": str(label), "t1": None, "t2": None}
-        for index, name in channels.items():
-            if name in MODALITIES:
-                image = root / "imagesTr" / f"{case_id}_{index:04d}{ending}"
-                record[name.lower()] = str(image)  # a missing file is reported by validation
+    for case_id in case_ids:
+        record = {
+            "case_id": case_id,
+            "mask": str(root / "labelsTr" / f"{case_id}{ending}") if masks else None,
+        }
+        for name in MODALITIES:
+            index = channels.get(name)
+            # a missing file is reported by validation, with its case
+            record[name.lower()] = None if index is None else str(images / f"{case_id}_{index:04d}{ending}")
         records.append(record)
     table = pd.DataFrame.from_records(records, columns=["case_id", "t1", "t2", "mask"])
     metadata_file = root / NNUNET_METADATA
     if metadata_file.is_file():
-        metadata = pd.read_csv(metadata_file, dtype=str, keep_default_na=False)
-        table = table.merge(metadata, on="case_id", how="left")
+        try:
+            metadata = pd.read_csv(metadata_file, dtype=str, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+            reason = " ".join(str(error).split())
+            raise ValueError(f"{metadata_file}: not a readable CSV table ({reason})") from None
+        if "case_id" in metadata.columns:
+            metadata = metadata.drop(columns=[c for c in ("t1", "t2", "mask") if c in metadata.columns])
+            table = table.merge(metadata.drop_duplicates("case_id"), on="case_id", how="left")
     return _finish_table(table, root, metadata_file if metadata_file.is_file() else dataset_file)
+
+
+def _channel_cases(folder: Path, ending: str, channels) -> list[str]:
+    """Case ids of ``<case>_<channel:04d><ending>`` files in ``folder`` (any of ``channels``)."""
+    found = set()
+    for index in channels:
+        suffix = f"_{index:04d}{ending}"
+        found |= {p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}")}
+    return sorted(found)
 
 
 IBSI_IMAGE = "MR_{modality}_image.nii.gz"
@@ -197,12 +284,12 @@ def is_ibsi_layout(root: str | Path) -> bool:
     return any(any(root.glob(f"*/{IBSI_IMAGE.format(modality=m)}")) for m in MODALITIES)
 
 
-def read_ibsi(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
+def read_ibsi(root: str | Path, masks: bool = True) -> tuple[pd.DataFrame, list[CaseProblem]]:
     """Read the IBSI/STS layout: one folder per case named by its public id.
 
     The mask is the reference modality's (T2 when the case has a T2 image, else T1),
     as for the other layouts. A case folder with images but no mask is a problem
-    of that case.
+    of that case (unless ``masks`` is False: images only, for segmenting new cases).
     """
     root = Path(root)
     if not root.is_dir():
@@ -215,14 +302,16 @@ def read_ibsi(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
             continue
         reference = "T2" if "T2" in found else "T1"
         mask = folder / IBSI_MASK.format(modality=reference)
-        if not mask.is_file():
+        if not masks:
+            mask = None
+        elif not mask.is_file():
             problems.append(CaseProblem(folder.name, f"no {reference} mask", str(mask)))
         records.append(
             {
                 "case_id": folder.name,
                 "t1": str(found["T1"]) if "T1" in found else None,
                 "t2": str(found["T2"]) if "T2" in found else None,
-                "mask": str(mask),
+                "mask": None if mask is None else str(mask),
                 "annotation_modality": reference,
             }
         )
@@ -230,6 +319,50 @@ def read_ibsi(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
         raise FileNotFoundError(f"no case folder in {root} holds {IBSI_IMAGE.format(modality='T1')}")
     table, table_problems = _finish_table(pd.DataFrame.from_records(records), root, root)
     return table, problems + table_problems
+
+
+PLAIN_CHANNELS = {"T1": 0, "T2": 1}
+
+
+def read_plain(root: str | Path) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Images only: ``<case>_0000.nii.gz`` (T1) and ``<case>_0001.nii.gz`` (T2) in one folder."""
+    root = Path(root)
+    case_ids = _channel_cases(root, ".nii.gz", PLAIN_CHANNELS.values())
+    if not case_ids:
+        raise FileNotFoundError(f"no cases in {root}: no <case>_0000.nii.gz or <case>_0001.nii.gz files")
+    records = [
+        {"case_id": c, **{m.lower(): str(root / f"{c}_{i:04d}.nii.gz") for m, i in PLAIN_CHANNELS.items()}}
+        for c in case_ids
+    ]
+    return _finish_table(pd.DataFrame.from_records(records), root, root)
+
+
+def read_cases(root: str | Path, masks: bool = True) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """Read a cohort folder in whichever layout it holds; returns the table and its table-level problems.
+
+    The one reader of the project: ``load_cohort`` (training, evaluation) and
+    ``mstt-predict`` (``masks=False``: images only, plain ``<case>_0000.nii.gz`` folders
+    allowed) both come through here, so both get the same checks.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no cohort folder: {root} does not exist or is not a folder")
+    if (root / COHORT_FILE).is_file():
+        table, problems = read_cohort(root)
+        if not masks:
+            table = table.assign(mask=None)
+        return table, problems
+    if (root / "dataset.json").is_file():
+        return read_nnunet(root, masks)
+    if is_ibsi_layout(root):
+        return read_ibsi(root, masks)
+    if not masks and _channel_cases(root, ".nii.gz", PLAIN_CHANNELS.values()):
+        return read_plain(root)
+    plain = "" if masks else ", <case>_0000.nii.gz files"
+    raise FileNotFoundError(
+        f"{root} holds neither {COHORT_FILE} (project layout), dataset.json (nnU-Net) "
+        f"nor <case>/{IBSI_IMAGE.format(modality='T1')} folders (IBSI/STS){plain}"
+    )
 
 
 def write_cohort_table(table: pd.DataFrame, root: str | Path) -> Path:
@@ -256,7 +389,9 @@ def _relative(path: Path, root: Path) -> str:
 # Validating cases.
 
 
-def _check_case(row: pd.Series, modalities: tuple[str, ...], check_voxels: bool) -> list[str]:
+def _check_case(
+    row: pd.Series, modalities: tuple[str, ...], check_voxels: bool, masks: bool = True
+) -> list[str]:
     """Raise CaseFileError for the first hard problem; return warnings."""
     case_id = row["case_id"]
     images = {}
@@ -267,6 +402,11 @@ def _check_case(row: pd.Series, modalities: tuple[str, ...], check_voxels: bool)
         if not Path(path).is_file():
             raise CaseFileError(case_id, path, f"missing modality {modality}: file not found")
         images[modality] = load_nifti(path, case_id)
+    if not masks:
+        if check_voxels:
+            for modality, image in images.items():
+                _check_finite(image, modality, case_id)
+        return []
     if _text(row["mask"]) is None:
         raise CaseFileError(case_id, None, "no mask path in the table")
     mask_image = load_nifti(row["mask"], case_id)
@@ -289,10 +429,7 @@ def _check_case(row: pd.Series, modalities: tuple[str, ...], check_voxels: bool)
     if not check_voxels:
         return notes
     for modality, image in images.items():
-        data = read_volume(image, case_id)
-        bad = int(np.isnan(data).sum())
-        if bad:
-            raise CaseFileError(case_id, image.get_filename(), f"{modality} has {bad} NaN voxel(s)")
+        _check_finite(image, modality, case_id)
     mask = read_volume(mask_image, case_id)
     values = np.unique(mask)
     if not np.all(np.isin(values, (0, 1))):
@@ -303,6 +440,14 @@ def _check_case(row: pd.Series, modalities: tuple[str, ...], check_voxels: bool)
     return notes
 
 
+def _check_finite(image: nib.Nifti1Image, modality: str, case_id: str) -> None:
+    bad = nonfinite_voxels(read_volume(image, case_id, finite=False))
+    if bad:
+        raise CaseFileError(
+            case_id, image.get_filename(), f"{modality} has {bad} (NaN and Inf are not allowed)"
+        )
+
+
 def validate_cases(
     table: pd.DataFrame,
     problems: list[CaseProblem] | None = None,
@@ -310,15 +455,17 @@ def validate_cases(
     skip_bad: bool = False,
     check_voxels: bool = True,
     progress: bool = True,
+    masks: bool = True,
 ) -> tuple[pd.DataFrame, list[CaseProblem]]:
     """Check every case's files; return the good cases and the skipped ones.
 
     Hard problems (missing modality, unreadable or truncated file, mask/image
-    shape or affine mismatch, non-binary mask, NaN voxels, plus the table-level
+    shape or affine mismatch, non-binary mask, NaN or +-Inf voxels, plus the table-level
     ``problems``) stop the run with a ``CohortError`` listing them all, unless
     ``skip_bad`` is set, in which case those cases are dropped and returned as
     the second value. An empty mask only warns (``EmptyMaskWarning``).
     ``check_voxels=False`` checks headers only (fast, but no truncation check).
+    ``masks=False`` checks the images only (new cases to segment).
     """
     unknown = set(modalities) - set(MODALITIES)
     if unknown:
@@ -329,7 +476,7 @@ def validate_cases(
         if row["case_id"] in bad_ids:
             continue
         try:
-            notes = _check_case(row, tuple(modalities), check_voxels)
+            notes = _check_case(row, tuple(modalities), check_voxels, masks)
         except CaseFileError as error:
             problems.append(CaseProblem(error.case_id, error.problem, error.path))
             continue
@@ -349,19 +496,8 @@ def load_cohort(
     check_voxels: bool = True,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[CaseProblem]]:
-    """Read a cohort in either layout (picked from what ``root`` holds) and validate it."""
-    root = Path(root)
-    if (root / COHORT_FILE).is_file():
-        table, problems = read_cohort(root)
-    elif (root / "dataset.json").is_file():
-        table, problems = read_nnunet(root)
-    elif is_ibsi_layout(root):
-        table, problems = read_ibsi(root)
-    else:
-        raise FileNotFoundError(
-            f"{root} holds neither {COHORT_FILE} (project layout), dataset.json (nnU-Net) "
-            f"nor <case>/{IBSI_IMAGE.format(modality='T1')} folders (IBSI/STS)"
-        )
+    """Read a cohort in any layout (picked from what ``root`` holds) and validate it."""
+    table, problems = read_cases(root)
     return validate_cases(table, problems, modalities, skip_bad, check_voxels, progress)
 
 

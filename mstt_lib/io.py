@@ -9,6 +9,8 @@ renamed, so that an interrupted run never leaves a half-written file behind.
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +19,26 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["CaseFileError", "atomic_path", "load_nifti", "read_volume", "save_nifti"]
+__all__ = [
+    "CaseFileError",
+    "SAFE_CASE_ID",
+    "atomic_path",
+    "case_id_problem",
+    "command_errors",
+    "describe_error",
+    "load_nifti",
+    "nonfinite_voxels",
+    "read_volume",
+    "save_nifti",
+]
+
+# Case ids become file and folder names in every output folder: letters, digits, "_", "-"
+# and "." only, so that no id can name a path elsewhere ("../x", "/tmp/x", "a/b").
+SAFE_CASE_ID = re.compile(r"[A-Za-z0-9_.-]+")
+# More voxels than any MRI volume has (2**30, 4 GiB as float32): a damaged header, not an image.
+MAX_VOXELS = 2**30
+# Voxel sizes and a field of view no MRI has: resampling such a grid to 1 mm would not fit in memory.
+MIN_SPACING_MM, MAX_SPACING_MM, MAX_EXTENT_MM = 1e-3, 100.0, 2500.0
 
 
 class CaseFileError(ValueError):
@@ -29,6 +50,33 @@ class CaseFileError(ValueError):
         self.problem = problem
         where = f" ({self.path})" if self.path else ""
         super().__init__(f"case {case_id}: {problem}{where}")
+
+
+def case_id_problem(case_id: object) -> str | None:
+    """Why ``case_id`` cannot name a case's files (None when it can).
+
+    Checked wherever case ids are read, because every output is named after one.
+    """
+    if not isinstance(case_id, str) or not case_id.strip():
+        return "empty case id"
+    if not SAFE_CASE_ID.fullmatch(case_id) or case_id in (".", ".."):
+        return (
+            f"case id {case_id!r} is not a plain name (use letters, digits, '_', '-' and '.', "
+            "no path separators, not '.' or '..')"
+        )
+    return None
+
+
+def nonfinite_voxels(data: np.ndarray) -> str | None:
+    """'2 NaN, 1 +Inf voxel(s)' for an array with non-finite values; None when all are finite."""
+    if not np.issubdtype(data.dtype, np.floating) or np.isfinite(data).all():
+        return None
+    counts = {
+        "NaN": int(np.isnan(data).sum()),
+        "+Inf": int(np.isposinf(data).sum()),
+        "-Inf": int(np.isneginf(data).sum()),
+    }
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items() if n) + " voxel(s)"
 
 
 def load_nifti(path: str | os.PathLike, case_id: str = "?") -> nib.Nifti1Image:
@@ -45,6 +93,12 @@ def load_nifti(path: str | os.PathLike, case_id: str = "?") -> nib.Nifti1Image:
         raise CaseFileError(case_id, path, f"not a readable NIfTI file: {exc}") from None
     if image.ndim != 3:
         raise CaseFileError(case_id, path, f"expected a 3D volume, got shape {image.shape}")
+    voxels = int(np.prod(image.shape, dtype=np.int64))
+    if voxels == 0:
+        raise CaseFileError(case_id, path, f"empty volume (shape {image.shape})")
+    if voxels > MAX_VOXELS:
+        raise CaseFileError(case_id, path, f"implausibly large volume {image.shape} (damaged header?)")
+    _check_size(image, path, case_id)
     # nibabel quietly replaces a zero pixdim by 1 when loading, so read the raw header too.
     raw = _raw_pixdim(image, path)
     columns = np.linalg.norm(image.affine[:3, :3], axis=0)
@@ -52,7 +106,30 @@ def load_nifti(path: str | os.PathLike, case_id: str = "?") -> nib.Nifti1Image:
         if spacing is not None and (not np.all(np.isfinite(spacing)) or np.any(spacing <= 0)):
             shown = tuple(round(float(s), 4) for s in spacing)
             raise CaseFileError(case_id, path, f"degenerate voxel spacing {shown}")
+    if not np.all(np.isfinite(image.affine)):
+        raise CaseFileError(case_id, path, "the affine (qform/sform) holds NaN or infinite values")
+    for spacing in (raw, columns):
+        if spacing is not None and (np.any(spacing < MIN_SPACING_MM) or np.any(spacing > MAX_SPACING_MM)):
+            shown = tuple(float(f"{s:.4g}") for s in spacing)
+            raise CaseFileError(case_id, path, f"implausible voxel spacing {shown} mm (damaged header?)")
+    extent = columns * np.asarray(image.shape[:3], dtype=float)
+    if np.any(extent > MAX_EXTENT_MM):
+        shown = tuple(round(float(e)) for e in extent)
+        raise CaseFileError(case_id, path, f"implausible field of view {shown} mm (damaged header?)")
     return image
+
+
+def _check_size(image: nib.Nifti1Image, path: Path, case_id: str) -> None:
+    """An uncompressed file must hold the voxel data its header describes (before reading it)."""
+    if path.suffix != ".nii" or not isinstance(image, nib.Nifti1Image):
+        return
+    offset = int(image.dataobj.offset)
+    needed = offset + int(np.prod(image.shape, dtype=np.int64)) * image.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if size < needed:
+        raise CaseFileError(
+            case_id, path, f"truncated: the header describes {needed} bytes, the file holds {size}"
+        )
 
 
 def _raw_pixdim(image: nib.Nifti1Image, path: Path) -> np.ndarray | None:
@@ -68,14 +145,26 @@ def _raw_pixdim(image: nib.Nifti1Image, path: Path) -> np.ndarray | None:
         return None
 
 
-def read_volume(image: nib.Nifti1Image, case_id: str = "?", dtype: type = np.float32) -> np.ndarray:
-    """Read the voxel data of an opened image; a truncated file is a clear error."""
+def read_volume(
+    image: nib.Nifti1Image, case_id: str = "?", dtype: type = np.float32, finite: bool = True
+) -> np.ndarray:
+    """Read the voxel data of an opened image; a truncated file is a clear error.
+
+    With ``finite`` (the default), NaN and +-Inf voxels are an error too: they would
+    poison percentiles, resampling and registration (ANTs loops on them) without a word.
+    """
+    floating = np.issubdtype(dtype, np.floating)
     try:
-        return np.asarray(image.dataobj, dtype=dtype)
+        data = np.asarray(image.dataobj, dtype=dtype) if floating else np.asarray(image.dataobj)
     except Exception as exc:  # EOFError, zlib.error, ValueError for short files...
         raise CaseFileError(
             case_id, image.get_filename(), f"voxel data cannot be read (truncated?): {exc}"
         ) from None
+    if finite:
+        bad = nonfinite_voxels(data)
+        if bad:
+            raise CaseFileError(case_id, image.get_filename(), f"{bad} (NaN and Inf are not allowed)")
+    return data if floating else data.astype(dtype)
 
 
 @contextmanager
@@ -120,3 +209,35 @@ def save_nifti(
     with atomic_path(path) as tmp:
         nib.save(image, tmp)
     return Path(path)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line saying what failed and where: the message, the file of an OSError, the type if foreign."""
+    problems = getattr(error, "problems", None)
+    if problems:  # a CohortError: every bad case, on one line
+        text = f"{len(problems)} bad case(s): " + "; ".join(map(str, problems))
+    elif isinstance(error, OSError) and error.strerror:
+        where = [str(f) for f in (error.filename, error.filename2) if f is not None]
+        text = error.strerror + (f": {' -> '.join(where)}" if where else "")
+    elif isinstance(error, ValueError) and type(error).__module__.startswith(("mstt_lib", "__main__")):
+        text = str(error)
+    elif type(error) in (ValueError, FileNotFoundError):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return " ".join(text.split())
+
+
+@contextmanager
+def command_errors(prog: str, debug: bool = False) -> Iterator[None]:
+    """A command line's errors as one line on stderr and exit status 1; ``debug`` keeps the traceback.
+
+    Usage errors (exit status 2) are argparse's; an interrupt stays an interrupt.
+    """
+    try:
+        yield
+    except Exception as error:
+        if debug:
+            raise
+        print(f"{prog}: error: {describe_error(error)}", file=sys.stderr)
+        raise SystemExit(1) from None

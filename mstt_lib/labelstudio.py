@@ -60,7 +60,7 @@ from urllib.parse import quote
 import nibabel as nib
 import numpy as np
 
-from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume, save_nifti
+from mstt_lib.io import CaseFileError, atomic_path, case_id_problem, load_nifti, read_volume, save_nifti
 
 __all__ = [
     "LabelStudioError",
@@ -242,7 +242,7 @@ def export_volume(
     axis, _, _ = _plane_axes(plane)
 
     image = load_nifti(image_path, case_id)
-    volume = read_volume(image, case_id, np.float32)
+    volume = read_volume(image, case_id, np.float32, finite=False)
     lo, hi = _window(volume)
     pixels = _to_uint8(volume, lo, hi)
     width, height = _png_size(volume.shape, plane)
@@ -429,6 +429,9 @@ def import_annotations(
     case = case_id or (found[0] if found else "?")
     if not tasks:
         raise LabelStudioError(case, export_json, "the export holds no tasks")
+    unsafe = case_id_problem(case)
+    if unsafe:  # the mask file is named after it
+        raise LabelStudioError(case, export_json, unsafe)
 
     if isinstance(reference_image, (str, os.PathLike)):
         reference_path = Path(reference_image)
@@ -461,6 +464,14 @@ def import_annotations(
                 f"task {number}: plane/flip {(plane, flip)} differ from the sidecar's {expected}",
             )
         axis, _, _ = _plane_axes(plane)
+        n_slices = data.get("n_slices", shape[axis])
+        if n_slices != shape[axis]:  # the reference is another volume (no sidecar needed to see it)
+            raise LabelStudioError(
+                case,
+                export_json,
+                f"task {number}: the PNGs were cut from a volume of {n_slices} {plane} slices, "
+                f"the reference image has {shape[axis]} ({reference_path})",
+            )
         index = _slice_of(data, number, case, export_json)
         if not 0 <= index < shape[axis]:
             raise LabelStudioError(

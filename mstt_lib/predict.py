@@ -12,57 +12,108 @@ runs' models averaged, and written on its native T2 grid (T1 for a T1-only model
 ``<case>.nii.gz`` (0/1) and ``<case>_probability.nii.gz``. Cases already in the output
 folder are skipped, so an interrupted run resumes; ``predictions.csv`` lists every
 case with its status.
+
+Input is read and checked as ``load_cohort`` checks a training cohort (one reader,
+``mstt_lib.cohort.read_cases``): case ids must be unique plain names, and a case with a
+missing, unreadable or truncated image, or NaN or +-Inf voxels, is listed in
+``predictions.csv`` with its error while the other cases are segmented. Errors that stop
+the whole run (a damaged run folder, an unwritable output folder) are one line on stderr
+naming what failed and where, with exit status 1 (2 for a wrong command line);
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import os
+import tempfile
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from mstt_lib.cohort import is_ibsi_layout, read_cohort, read_ibsi
+from mstt_lib.cohort import CaseProblem, CohortError, read_cases, read_cohort, validate_cases
 from mstt_lib.infer import TTA_MODES, load_run, predict_volume, to_native, write_prediction
-from mstt_lib.io import CaseFileError, atomic_path
+from mstt_lib.io import atomic_path, command_errors, describe_error
 from mstt_lib.slices import PLANES, preprocess_case
 from mstt_lib.train import resolve_device
 
-__all__ = ["read_input", "predict_folder", "main"]
+__all__ = ["RunFolderError", "read_input", "load_runs", "predict_folder", "main"]
+
+log = logging.getLogger(__name__)
 
 
-def read_input(folder: str | os.PathLike, modalities: Sequence[str] = ("T1", "T2")) -> pd.DataFrame:
-    """case_id and image paths (``t1``, ``t2``) of the cases in ``folder`` (layouts above)."""
-    folder = Path(folder)
-    if (folder / "cohort.csv").is_file():
-        cases, _ = read_cohort(folder)
-        return cases[["case_id", "t1", "t2"]]
-    if is_ibsi_layout(folder):
-        cases, _ = read_ibsi(folder)
-        return cases[["case_id", "t1", "t2"]]
-    channel_of = {m: i for i, m in enumerate(("T1", "T2"))}
-    images = folder
-    if (folder / "dataset.json").is_file():
-        dataset = json.loads((folder / "dataset.json").read_text())
-        channel_of = {str(v).upper(): int(k) for k, v in dataset.get("channel_names", {}).items()}
-        images = folder / "imagesTs" if (folder / "imagesTs").is_dir() else folder / "imagesTr"
-    case_ids = sorted({p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz")})
-    if not case_ids:
-        raise FileNotFoundError(
-            f"no cases in {folder}: expected cohort.csv, dataset.json or <case>_0000.nii.gz files"
-        )
-    rows = []
-    for case_id in case_ids:
-        row = {"case_id": case_id, "t1": None, "t2": None}
-        for modality in modalities:
-            path = images / f"{case_id}_{channel_of[modality]:04d}.nii.gz"
-            row[modality.lower()] = str(path)  # a missing file is reported with its case
-        rows.append(row)
-    return pd.DataFrame(rows)
+class RunFolderError(ValueError):
+    """A trained run folder that cannot be used; the message names the folder or file."""
+
+
+def read_input(
+    folder: str | os.PathLike, modalities: Sequence[str] = ("T1", "T2"), check_voxels: bool = True
+) -> tuple[pd.DataFrame, list[CaseProblem]]:
+    """The cases of ``folder`` (layouts above) that can be segmented, and those that cannot.
+
+    Table-level faults (duplicate, empty or unsafe case ids, an unreadable table) stop with
+    a ``CohortError``: they leave no sensible set of cases to predict. A case whose own
+    files are at fault is returned among the problems, to be listed in ``predictions.csv``.
+    """
+    table, problems = read_cases(folder, masks=False)
+    if problems:
+        raise CohortError(problems)
+    cases, problems = validate_cases(
+        table, [], tuple(modalities), skip_bad=True, check_voxels=check_voxels, progress=False, masks=False
+    )
+    return cases[["case_id", "t1", "t2"]], problems
+
+
+def load_runs(run_dirs: Sequence[str | os.PathLike], device) -> list:
+    """``load_run`` for each folder, with errors that name the folder and the file at fault."""
+    loaded = []
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            raise RunFolderError(f"no trained run folder {run_dir}")
+        for name in ("params.json", "preprocessing.json"):
+            path = run_dir / name
+            if not path.is_file():
+                continue  # load_run names every missing file at once
+            try:
+                json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise RunFolderError(f"{path}: not valid JSON (damaged or truncated?): {error}") from None
+        model_file = run_dir / "model.pt"
+        if model_file.is_file() and not zipfile.is_zipfile(model_file):
+            raise RunFolderError(f"{model_file}: not a PyTorch model file (damaged or truncated?)")
+        try:
+            loaded.append(load_run(run_dir, device))
+        except FileNotFoundError:
+            raise
+        except Exception as error:  # torch, json keys, mismatched weights: all name this run
+            log.debug("loading %s failed", run_dir, exc_info=True)
+            raise RunFolderError(
+                f"{run_dir}: cannot load the trained run ({describe_error(error)})"
+            ) from error
+    return loaded
+
+
+def _writable_folder(folder: Path) -> Path:
+    """Create ``folder`` and make sure files can be written in it, before any work is done."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "the output path exists and is not a folder", str(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mstt-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise OSError(
+            error.errno, f"cannot write to the output folder ({error.strerror})", str(folder)
+        ) from None
+    return folder
 
 
 def predict_folder(
@@ -82,19 +133,19 @@ def predict_folder(
     if not run_dirs:
         raise ValueError("give at least one trained run folder")
     torch_device = resolve_device(device)
-    loaded = [load_run(d, torch_device) for d in run_dirs]
+    loaded = load_runs(run_dirs, torch_device)
+    output_dir = _writable_folder(Path(output_dir).resolve())  # resolved: stage files name absolute paths
     models = [model for model, _, _ in loaded]
     settings = loaded[0][2]
     if any(s != settings for _, _, s in loaded[1:]):
         raise ValueError("the runs were trained on differently preprocessed samples and cannot be averaged")
     size = int(loaded[0][1]["image_size"])
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
 
-    cases = read_input(input_dir, settings.modalities)
+    cases, problems = read_input(input_dir, settings.modalities)
     done = {c for c in cases["case_id"] if (output_dir / f"{c}.nii.gz").is_file()}
     todo = cases[~cases["case_id"].isin(done)].assign(mask=None)
     status = {c: "done earlier" for c in done}
+    status.update({p.case_id: f"error: {p}" for p in problems})
     reference = "t2" if "T2" in settings.modalities else "t1"
     native = dict(zip(todo["case_id"], todo[reference], strict=True))
     if len(todo) and {"T1", "T2"} <= set(settings.modalities):
@@ -103,25 +154,28 @@ def predict_folder(
         status.update(
             {r.case_id: f"registration {r.status}" for r in quality.itertuples() if r.status != "ok"}
         )
-        todo = read_cohort(folder)[0] if (folder / "cohort.csv").is_file() else todo.iloc[:0]
+        todo = read_cohort(folder)[0] if (quality["status"] == "ok").any() else todo.iloc[:0]
     for row in tqdm(todo.to_dict("records"), desc="predicting", unit="case", disable=not progress):
         case_id = row["case_id"]
         started = time.perf_counter()
         try:
             case = preprocess_case(pd.Series({**row, "mask": None, "native": native[case_id]}), settings)
-        except CaseFileError as error:
-            status[case_id] = f"error: {error}"
+            timings: dict = {}
+            logits = predict_volume(
+                models, case["image"], planes, tta, size, batch_size, torch_device, timings
+            )
+            probability, _ = to_native(logits, case["affine"], case["native_shape"], case["native_affine"])
+            meta = {
+                "runs": [str(d) for d in run_dirs],
+                "tta": tta,
+                "planes": list(planes),
+                "seconds_per_plane": timings,
+            }
+            write_prediction(output_dir, case_id, probability, case["native_affine"], meta)
+        except Exception as error:  # one case's failure is its status; the other cases still run
+            log.debug("case %s failed", case_id, exc_info=True)
+            status[case_id] = f"error: {describe_error(error)}"
             continue
-        timings: dict = {}
-        logits = predict_volume(models, case["image"], planes, tta, size, batch_size, torch_device, timings)
-        probability, _ = to_native(logits, case["affine"], case["native_shape"], case["native_affine"])
-        meta = {
-            "runs": [str(d) for d in run_dirs],
-            "tta": tta,
-            "planes": list(planes),
-            "seconds_per_plane": timings,
-        }
-        write_prediction(output_dir, case_id, probability, case["native_affine"], meta)
         status[case_id] = f"ok ({time.perf_counter() - started:.1f} s)"
     table = pd.DataFrame(sorted(status.items()), columns=["case_id", "status"])
     with atomic_path(output_dir / "predictions.csv") as tmp:
@@ -142,15 +196,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2, help="processes for registration")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
-    table = predict_folder(
-        args.runs, args.input, args.output, args.tta, args.planes, args.device, args.batch_size, args.workers
-    )
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
+    with command_errors(parser.prog, args.debug):
+        table = predict_folder(
+            args.runs,
+            args.input,
+            args.output,
+            args.tta,
+            args.planes,
+            args.device,
+            args.batch_size,
+            args.workers,
+        )
     print(table.to_string(index=False))
     failed = table[~table["status"].str.startswith(("ok", "done"))]
-    if len(failed):
+    if len(failed):  # a message as the exit code: printed on stderr, exit status 1
         raise SystemExit(
-            f"{len(failed)} case(s) were not segmented (see {Path(args.output) / 'predictions.csv'})"
+            f"{parser.prog}: {len(failed)} case(s) were not segmented "
+            f"(see {Path(args.output).resolve() / 'predictions.csv'})"
         )
 
 

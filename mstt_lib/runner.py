@@ -8,26 +8,37 @@ training chapter once per (model, fold) of the set, each into its own executed c
 under ``<work_dir>/grid/``. ``mstt-book references``
 copies the outputs of the cells nbval compares (``# NBVAL_CHECK_OUTPUT``) from
 the executed copies back into the source notebooks and strips everything else.
+
+A ``-p NAME VALUE`` that none of the notebooks run declares in its ``parameters`` cell is
+refused (exit status 2) with the names they do declare, as is an ``--only`` prefix that
+matches no notebook. SIGTERM is treated like Ctrl-C: the Jupyter kernel is shut down and
+the half-written executed copy and the kernel's connection file are removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
 
-from mstt_lib.io import atomic_path
+from mstt_lib.io import atomic_path, command_errors
 from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, project_root
 
 __all__ = [
     "CHECK_MARKER",
     "notebook_paths",
+    "declared_parameters",
+    "check_parameters",
     "run_notebooks",
     "build_book",
     "store_references",
@@ -50,6 +61,31 @@ def notebook_paths(root: Path | None = None, only: Sequence[str] = ()) -> list[P
     return paths
 
 
+def declared_parameters(path: Path) -> list[str]:
+    """The names a notebook's ``parameters``-tagged cell assigns (what papermill may set)."""
+    notebook = nbformat.read(path, as_version=4)
+    names: list[str] = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code" or "parameters" not in cell.metadata.get("tags", []):
+            continue
+        for node in ast.parse(cell.source).body:
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
+def check_parameters(parameters: dict, paths: Sequence[Path]) -> None:
+    """Refuse a parameter that none of ``paths`` declares (papermill would only warn and drop it)."""
+    valid = sorted({name for path in paths for name in declared_parameters(path)} | {"param_set"})
+    unknown = sorted(set(parameters) - set(valid))
+    if unknown:
+        names = ", ".join(p.name for p in paths)
+        raise ValueError(
+            f"unknown parameter(s) {', '.join(unknown)}: no notebook run ({names}) declares them; "
+            f"valid names: {', '.join(valid)}"
+        )
+
+
 def run_notebooks(
     param_set: str = DEFAULT_SET,
     kernel: str = "python3",
@@ -67,10 +103,12 @@ def run_notebooks(
     if param_set not in PARAMETER_SETS:
         raise ValueError(f"unknown parameter set {param_set!r}; choose one of {sorted(PARAMETER_SETS)}")
     root = root or project_root()
+    sources = notebook_paths(root, only)
+    check_parameters(parameters or {}, sources)
     out_dir = root / EXECUTED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for source in notebook_paths(root, only):
+    for source in sources:
         target = out_dir / source.name
         started = time.perf_counter()
         print(f"[mstt-book] running {source.name} (set {param_set}, kernel {kernel})", flush=True)
@@ -108,6 +146,7 @@ def run_grid(
     root = root or project_root()
     source = notebook_paths(root, ["04"])[0]
     parameters = dict(parameters or {})
+    check_parameters(parameters, [source])
     params = get_params(param_set, **{k: v for k, v in parameters.items() if k in PARAMETER_SETS[param_set]})
     out_dir = Path(params["work_dir"]) / "grid" / param_set
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +173,63 @@ def run_grid(
                 )
             written.append(target)
     return written
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised where the runner is, so that cleanup code runs as it does for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def _stop(signum: int, frame) -> None:
+    _stop_kernels()  # first: a kernel shut down politely in mid-cell prints tracebacks
+    raise Stopped(signum)
+
+
+def _stop_kernels() -> None:
+    """Kill the kernels this process started and remove their connection files.
+
+    papermill's kernel manager does this when a notebook ends, but not when the runner is
+    interrupted in the middle of a cell: the kernel would go on computing on its own. The
+    kernel is killed outright, as ``jupyter_client`` does for an immediate shutdown (a
+    polite SIGTERM makes ipykernel print tracebacks from its closed sockets).
+    """
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    files = []
+    for child in children:
+        try:
+            command = child.cmdline()
+            child.kill()
+        except psutil.Error:
+            continue
+        files += [command[i + 1] for i, arg in enumerate(command[:-1]) if arg == "-f"]
+    psutil.wait_procs(children, timeout=10)
+    for name in files:
+        if name.endswith(".json") and os.path.isfile(name):
+            os.unlink(name)
+
+
+@contextmanager
+def stopped_cleanly() -> Iterator[None]:
+    """On SIGTERM or Ctrl-C, kill the kernels, then raise ``Stopped`` (a KeyboardInterrupt).
+
+    The interrupt passes through papermill, whose kernel manager then finds its kernel
+    gone and removes its connection file, and through ``atomic_path``, which removes the
+    executed copy being written.
+    """
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    except KeyboardInterrupt:
+        _stop_kernels()
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _copy_plotly_js(root: Path) -> None:
@@ -266,24 +362,36 @@ def main(argv: Sequence[str] | None = None) -> None:
     publish = commands.add_parser("publish", help="push _build/html to the gh-pages branch of a git remote")
     publish.add_argument("--remote", default="origin", help="remote name or repository URL (default origin)")
     publish.add_argument("--branch", default="gh-pages")
+    for command in commands.choices.values():
+        command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
 
     if args.command in ("run", "book", "grid"):
         import yaml
 
-        parameters = {name: yaml.safe_load(value) for name, value in args.p}
-    if args.command in ("run", "book"):
-        run_notebooks(args.params, args.kernel, args.only, parameters)
-    if args.command == "grid":
-        run_grid(args.params, args.kernel, parameters)
-    if args.command in ("build", "book"):
-        print(f"[mstt-book] book built: {build_book() / 'index.html'}")
-    if args.command == "references":
-        for path in store_references():
-            print(f"[mstt-book] references stored in {path}")
-    if args.command == "publish":
-        commit = publish_book(remote=args.remote, branch=args.branch)
-        print(f"[mstt-book] book published to {args.branch} of {args.remote} ({commit[:12]})")
+        try:
+            parameters = {name: yaml.safe_load(value) for name, value in args.p}
+            sources = notebook_paths(only=["04"] if args.command == "grid" else args.only)
+            check_parameters(parameters, sources)
+        except (ValueError, yaml.YAMLError) as error:
+            commands.choices[args.command].error(" ".join(str(error).split()))
+    try:
+        with command_errors(parser.prog, args.debug), stopped_cleanly():
+            if args.command in ("run", "book"):
+                run_notebooks(args.params, args.kernel, args.only, parameters)
+            if args.command == "grid":
+                run_grid(args.params, args.kernel, parameters)
+            if args.command in ("build", "book"):
+                print(f"[mstt-book] book built: {build_book() / 'index.html'}")
+            if args.command == "references":
+                for path in store_references():
+                    print(f"[mstt-book] references stored in {path}")
+            if args.command == "publish":
+                commit = publish_book(remote=args.remote, branch=args.branch)
+                print(f"[mstt-book] book published to {args.branch} of {args.remote} ({commit[:12]})")
+    except KeyboardInterrupt as stop:
+        print(f"[mstt-book] {stop or 'interrupted'}; kernel shut down", file=sys.stderr)
+        raise SystemExit(128 + getattr(stop, "signum", signal.SIGINT)) from None
 
 
 if __name__ == "__main__":

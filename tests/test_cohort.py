@@ -550,3 +550,156 @@ def test_ibsi_case_without_its_mask_is_named_with_the_missing_file(tmp_path):
 def test_a_folder_in_no_known_layout_says_which_layouts_it_looked_for(tmp_path):
     with pytest.raises(FileNotFoundError, match="IBSI"):
         load_cohort(tmp_path, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# Issue 13: Inf voxels, unsafe or empty case ids, empty tables, malformed dataset.json.
+
+
+@pytest.mark.parametrize(
+    "value, expected", [(np.inf, "1 +Inf voxel(s)"), (-np.inf, "1 -Inf voxel(s)")], ids=["+inf", "-inf"]
+)
+def test_inf_voxels_are_refused_like_nan_naming_case_image_and_count(cohort, value, expected):
+    root, _ = cohort
+    data = _volume(0)
+    data[3, 3, 3] = value
+    save_nifti(data, T1_AFFINE, root / "C2/t1.nii.gz")
+    error = _cohort_error(root)
+    assert f"case C2: T1 has {expected}" in str(error)
+    assert _path(root, "C2/t1.nii.gz") in str(error)
+
+
+def test_inf_in_the_mask_is_refused_naming_the_mask(cohort):
+    root, _ = cohort
+    mask = _mask().astype(np.float32)
+    mask[0, 0, 0] = np.inf
+    save_nifti(mask, T2_AFFINE, root / "C3/mask.nii.gz")
+    error = _cohort_error(root)
+    assert "case C3: 1 +Inf voxel(s)" in str(error) and _path(root, "C3/mask.nii.gz") in str(error)
+
+
+@pytest.mark.parametrize("case_id", ["../ESCAPED", "a/b", "/tmp/abs", "..", ".", "with space", "tab\tid"])
+def test_a_case_id_that_is_not_a_plain_name_is_refused_at_reading(cohort, case_id):
+    root, rows = cohort
+    rows[1]["case_id"] = case_id
+    _write_table(root, rows)
+    error = _cohort_error(root)
+    assert f"case {case_id.strip()}: case id {case_id.strip()!r} is not a plain name" in str(error)
+    assert str(root / "cohort.csv") in str(error)
+    table, skipped = _load(root, skip_bad=True)
+    assert table["case_id"].tolist() == ["C1", "C3"] and [p.case_id for p in skipped] == [case_id.strip()]
+
+
+def test_an_empty_case_id_is_refused_with_its_row(cohort):
+    root, rows = cohort
+    rows[2]["case_id"] = "  "
+    _write_table(root, rows)
+    error = _cohort_error(root)
+    assert "a row with no case id: empty case id (row 3)" in str(error)
+    assert str(root / "cohort.csv") in str(error)
+
+
+def test_a_zero_byte_case_table_names_the_file(cohort):
+    root, _ = cohort
+    (root / "cohort.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty file") as info:
+        _load(root)
+    assert str(root / "cohort.csv") in str(info.value)
+
+
+def test_a_case_table_with_only_a_header_is_an_error_not_zero_cases(cohort):
+    root, _ = cohort
+    (root / "cohort.csv").write_text(",".join(CASE_COLUMNS) + "\n")
+    with pytest.raises(ValueError, match="no cases") as info:
+        _load(root)
+    assert str(root / "cohort.csv") in str(info.value)
+
+
+def test_a_case_table_that_is_not_csv_names_the_file(cohort):
+    root, _ = cohort
+    (root / "cohort.csv").write_bytes(b'case_id,t1\n\xff\xfe\x00bad,"unclosed\n')
+    with pytest.raises(ValueError, match="not a readable CSV table") as info:
+        _load(root)
+    assert str(root / "cohort.csv") in str(info.value)
+
+
+def test_a_path_with_a_nul_byte_is_a_problem_of_its_case(cohort):
+    root, rows = cohort
+    rows[0]["t1"] = "C1/t1\0.nii.gz"
+    _write_table(root, rows)
+    error = _cohort_error(root)
+    assert "case C1: t1 path" in str(error) and "is not usable" in str(error)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"channel_names": {"0": "T1"', "not valid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"channel_names": ["T1", "T2"]}', "channel_names should map"),
+        ('{"channel_names": {"zero": "T1"}}', "channel_names should map"),
+        ('{"file_ending": 7}', "file_ending"),
+    ],
+    ids=["truncated", "list", "channel-list", "channel-key", "file-ending"],
+)
+def test_a_malformed_nnunet_dataset_json_names_the_file(cohort, tmp_path_factory, text, expected):
+    root, _ = cohort
+    table, _ = _load(root)
+    out = tmp_path_factory.mktemp("nnunet")
+    write_nnunet(table, out, progress=False)
+    (out / "dataset.json").write_text(text)
+    with pytest.raises(ValueError, match=expected) as info:
+        _load(out)
+    assert str(out / "dataset.json") in str(info.value)
+
+
+def test_an_nnunet_dataset_without_labels_is_an_error_not_zero_cases(cohort, tmp_path_factory):
+    root, _ = cohort
+    table, _ = _load(root)
+    out = tmp_path_factory.mktemp("nnunet")
+    write_nnunet(table, out, progress=False)
+    for label in (out / "labelsTr").iterdir():
+        label.unlink()
+    with pytest.raises(ValueError, match="no cases"):
+        _load(out)
+
+
+def test_an_nnunet_case_file_that_is_not_a_plain_name_is_refused(cohort, tmp_path_factory):
+    root, _ = cohort
+    table, _ = _load(root)
+    out = tmp_path_factory.mktemp("nnunet")
+    write_nnunet(table, out, progress=False)
+    for old, new in (
+        ("labelsTr/C2.nii.gz", "labelsTr/C 2.nii.gz"),
+        ("imagesTr/C2_0000.nii.gz", "imagesTr/C 2_0000.nii.gz"),
+    ):
+        (out / old).rename(out / new)
+    error = _cohort_error(out)
+    assert "case C 2: case id 'C 2' is not a plain name" in str(error)
+
+
+def test_an_ibsi_case_folder_that_is_not_a_plain_name_is_refused(tmp_path):
+    _write_ibsi_case(tmp_path, "STS_001")
+    _write_ibsi_case(tmp_path, "STS 002")
+    with pytest.raises(CohortError, match="case STS 002: case id 'STS 002' is not a plain name"):
+        load_cohort(tmp_path, modalities=("T1",), progress=False)
+
+
+def test_images_only_reading_takes_plain_channel_files_and_checks_their_ids(tmp_path):
+    from mstt_lib.cohort import read_cases
+
+    save_nifti(_volume(0), T1_AFFINE, tmp_path / "A1_0000.nii.gz")
+    save_nifti(_volume(1), T2_AFFINE, tmp_path / "A1_0001.nii.gz")
+    save_nifti(_volume(2), T2_AFFINE, tmp_path / "B2_0001.nii.gz")  # no T1: reported when validated
+    table, problems = read_cases(tmp_path, masks=False)
+    assert problems == [] and table["case_id"].tolist() == ["A1", "B2"]
+    good, bad = validate_cases(table, problems, skip_bad=True, progress=False, masks=False)
+    assert good["case_id"].tolist() == ["A1"]
+    assert [str(p) for p in bad] == [
+        f"case B2: missing modality T1: file not found ({(tmp_path / 'B2_0000.nii.gz').resolve()})"
+    ]
+    save_nifti(_volume(0), T1_AFFINE, tmp_path / "x y_0000.nii.gz")
+    _, problems = read_cases(tmp_path, masks=False)
+    assert [p.case_id for p in problems] == ["x y"]
+    with pytest.raises(FileNotFoundError, match="holds neither"):
+        read_cases(tmp_path)  # plain files have no masks: not a training cohort

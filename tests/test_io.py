@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import nibabel as nib
 import numpy as np
 import pytest
 
-from mstt_lib.io import CaseFileError, load_nifti, read_volume, save_nifti
+from mstt_lib.io import CaseFileError, case_id_problem, load_nifti, read_volume, save_nifti
 
 # A 2 mm x 3 mm x 4 mm grid, LPS-oriented, not at the origin: nothing is left at its default.
 AFFINE = np.array(
@@ -186,10 +188,80 @@ def test_read_volume_truncated_file_names_case_and_path(tmp_path, suffix):
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
 
-    image = load_nifti(path, "CASE_7")  # the header is intact
     with pytest.raises(CaseFileError, match="truncated") as info:
-        read_volume(image, "CASE_7")
+        # an uncompressed file is measured against its header when opened; a compressed one
+        # can only be found short when its voxels are read
+        read_volume(load_nifti(path, "CASE_7"), "CASE_7")
     assert "CASE_7" in str(info.value) and str(path) in str(info.value)
+
+
+def test_load_nifti_finds_a_short_uncompressed_file_before_reading_it(tmp_path):
+    path = save_nifti(np.ones((32, 32, 16), np.float32), AFFINE, tmp_path / "vol.nii")
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(CaseFileError, match=r"truncated: the header describes \d+ bytes, the file holds"):
+        load_nifti(path, "CASE_7")
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 2), (2**11, 2**10, 2**10)], ids=["empty", "huge"])
+def test_load_nifti_refuses_an_empty_or_implausibly_large_volume(tmp_path, shape):
+    header = nib.Nifti1Header()
+    header.set_qform(AFFINE, code=1)
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(shape)
+    path = tmp_path / "vol.nii"
+    path.write_bytes(header.binaryblock + b"\0" * 4)
+    with pytest.raises(CaseFileError, match="empty volume|implausibly large") as info:
+        load_nifti(path, "CASE_7")
+    assert str(path) in str(info.value)
+
+
+def test_load_nifti_refuses_an_infinite_affine(tmp_path):
+    header = nib.Nifti1Header()
+    affine = AFFINE.copy()
+    affine[0, 3] = np.inf
+    header.set_sform(affine, code=1)
+    path = tmp_path / "vol.nii"
+    _write_raw_nifti(path, header, np.ones((4, 3, 2), np.float32))
+    with pytest.raises(CaseFileError, match="NaN or infinite") as info:
+        load_nifti(path, "CASE_7")
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(np.nan, "1 NaN voxel"), (np.inf, "1 +Inf voxel"), (-np.inf, "1 -Inf voxel")],
+    ids=["nan", "+inf", "-inf"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8], ids=["as-float", "as-mask"])
+def test_read_volume_refuses_nan_and_inf_voxels(tmp_path, value, expected, dtype):
+    data = np.ones((4, 3, 2), np.float32)
+    data[1, 2, 1] = value
+    path = save_nifti(data, AFFINE, tmp_path / "vol.nii.gz")
+    with pytest.raises(CaseFileError, match=re.escape(expected)) as info:
+        read_volume(load_nifti(path, "CASE_7"), "CASE_7", dtype)
+    assert "CASE_7" in str(info.value) and str(path) in str(info.value)
+    kept = read_volume(load_nifti(path, "CASE_7"), "CASE_7", np.float32, finite=False)
+    assert kept.shape == (4, 3, 2) and np.isnan(kept).sum() + np.isinf(kept).sum() == 1
+
+
+def test_a_float64_value_beyond_float32_is_refused_as_infinite(tmp_path):
+    data = np.ones((4, 3, 2), np.float64)
+    data[0, 0, 0] = 1e300
+    path = save_nifti(data, AFFINE, tmp_path / "vol.nii.gz")
+    with pytest.raises(CaseFileError, match=r"1 \+Inf voxel"):
+        read_volume(load_nifti(path, "CASE_7"), "CASE_7")
+
+
+@pytest.mark.parametrize("case_id", ["CASE_001", "sts-12", "a.b", "x"])
+def test_plain_case_ids_are_accepted(case_id):
+    assert case_id_problem(case_id) is None
+
+
+@pytest.mark.parametrize(
+    "case_id", ["", "  ", ".", "..", "../ESCAPED", "a/b", "/tmp/x", "a\\b", "a b", "caf\u00e9", "a\0b", None]
+)
+def test_case_ids_that_could_name_another_path_are_refused(case_id):
+    assert case_id_problem(case_id)
 
 
 def test_case_file_error_without_a_path_names_only_the_case():
@@ -197,3 +269,15 @@ def test_case_file_error_without_a_path_names_only_the_case():
     assert str(error) == "case CASE_7: no mask path in the table"
     assert error.path is None
     assert isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize(
+    "scale, words",
+    [(1e-6, "implausible voxel spacing"), (500.0, "implausible voxel spacing"), (90.0, "field of view")],
+)
+def test_load_nifti_refuses_spacings_and_extents_no_mri_has(tmp_path, scale, words):
+    affine = np.diag([1.0, 1.0, scale, 1.0])
+    path = save_nifti(np.ones((4, 3, 40), np.float32), affine, tmp_path / "vol.nii.gz")
+    with pytest.raises(CaseFileError, match=words) as info:
+        load_nifti(path, "CASE_7")
+    assert str(path) in str(info.value)

@@ -312,3 +312,36 @@ def test_export_refuses_a_mask_of_another_shape(tmp_path, case):
     with pytest.raises(CaseFileError, match="mask shape") as caught:
         export_volume(case[0], tmp_path / "ls", CASE, mask_path=bad)
     assert CASE in str(caught.value) and "bad_mask.nii.gz" in str(caught.value)
+
+
+def test_the_reference_image_of_another_case_is_refused_without_a_sidecar(tmp_path, case):
+    _, tasks = _export(tmp_path, case)
+    path = _write(tmp_path / "export.json", _as_labelstudio_export(tasks))
+    other = np.zeros((SHAPE[0], SHAPE[1], SHAPE[2] + 3), np.float32)  # same slices, more of them
+    reference = save_nifti(other, AFFINE, tmp_path / "other" / "t2.nii.gz")
+    with pytest.raises(
+        LabelStudioError, match=f"volume of {SHAPE[2]} axial slices, the reference image has 14"
+    ):
+        import_annotations(path, tmp_path / "out", reference, case_id=CASE)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_in_plane_size_of_another_case_is_refused_without_a_sidecar(tmp_path, case):
+    _, tasks = _export(tmp_path, case)
+    path = _write(tmp_path / "export.json", _as_labelstudio_export(tasks))
+    reference = save_nifti(
+        np.zeros((SHAPE[0] + 2, SHAPE[1], SHAPE[2]), np.float32), AFFINE, tmp_path / "o.nii.gz"
+    )
+    with pytest.raises(LabelStudioError, match="does not match the volume"):
+        import_annotations(path, tmp_path / "out", reference, case_id=CASE)
+
+
+def test_a_patient_that_is_not_a_plain_name_is_refused_before_anything_is_written(tmp_path, case):
+    _, tasks = _export(tmp_path, case)
+    exported = _as_labelstudio_export(tasks)
+    for task in exported:
+        task["data"]["patient"] = "../ESCAPED"
+    path = _write(tmp_path / "export.json", exported)
+    with pytest.raises(LabelStudioError, match="not a plain name"):
+        import_annotations(path, tmp_path / "out", case[0])
+    assert not any(p.name.startswith("ESCAPED") for p in tmp_path.rglob("*"))

@@ -1,7 +1,13 @@
 """The command-line predictor on a folder of new cases."""
 
+import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -67,7 +73,7 @@ def test_an_nnunet_style_image_folder_and_an_ensemble_work_from_the_command_line
     case = cases.iloc[0]
     shutil.copy(cohort / case.t1, images / f"{case.case_id}_0000.nii.gz")
     shutil.copy(cohort / case.t2, images / f"{case.case_id}_0001.nii.gz")
-    assert read_input(images)["case_id"].tolist() == [case.case_id]
+    assert read_input(images)[0]["case_id"].tolist() == [case.case_id]
     main(
         [
             "-r",
@@ -123,3 +129,278 @@ def test_no_run_or_an_unfinished_run_is_a_clear_error(cohort, tmp_path):
         predict_folder([], cohort, tmp_path)
     with pytest.raises(FileNotFoundError, match="not a finished training run"):
         predict_folder([tmp_path], cohort, tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------
+# Issue 13: relative output folders, bad voxels and case ids, and command-line errors.
+
+
+@pytest.fixture(scope="module")
+def t1_run_dir(tmp_path_factory):
+    """A finished T1-only run (3 channels, random weights): no registration, so quick."""
+    folder = tmp_path_factory.mktemp("t1run")
+    torch.manual_seed(0)
+    torch.save(build_model("unet", 3, "resnet18").state_dict(), folder / "model.pt")
+    (folder / "params.json").write_text(
+        json.dumps({"model": "unet", "encoder": "resnet18", "image_size": 32})
+    )
+    preprocessing = {
+        "modalities": ["T1"],
+        "spacing_mm": 4.0,
+        "low_percentile": 0.05,
+        "high_percentile": 99.95,
+        "channels": [f"T1[{o}]" for o in ("index-1", "index", "index+1")],
+    }
+    (folder / "preprocessing.json").write_text(json.dumps(preprocessing))
+    return folder
+
+
+def _plain_folder(cohort, folder, t2=True):
+    """The cohort's cases as <case>_0000.nii.gz (T1) and <case>_0001.nii.gz (T2) files."""
+    folder.mkdir()
+    cases = pd.read_csv(cohort / "cohort.csv")
+    for case in cases.itertuples():
+        shutil.copy(cohort / case.t1, folder / f"{case.case_id}_0000.nii.gz")
+        if t2:
+            shutil.copy(cohort / case.t2, folder / f"{case.case_id}_0001.nii.gz")
+    return folder, cases["case_id"].tolist()
+
+
+def _set_voxel(path, value, channel_dtype=np.float32):
+    image = nib.load(path)
+    data = np.asarray(image.dataobj, dtype=channel_dtype)
+    data[tuple(s // 2 for s in data.shape)] = value
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+
+
+def _cli(args, capsys):
+    """mstt-predict in-process: (exit status, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    if isinstance(code, str):  # what the interpreter does with such an exit: print it, status 1
+        return 1, err + code + "\n"
+    return code, err
+
+
+def _error_line(err):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    return lines[-1]
+
+
+FAST = ["--tta", "none", "--planes", "axial", "--workers", "1"]
+
+
+def test_a_relative_output_folder_works_for_a_t1_t2_run(run_dir, cohort, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, err = _cli(["-r", run_dir, "-i", cohort, "-o", "predictions", *FAST], capsys)
+    table = pd.read_csv(tmp_path / "predictions" / "predictions.csv")
+    assert code == 0, err
+    assert len(table) == 2 and table["status"].str.startswith("ok").all(), table
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan], ids=["+inf", "-inf", "nan"])
+def test_a_t1_only_case_with_non_finite_voxels_is_an_error_and_the_other_is_predicted(
+    t1_run_dir, cohort, tmp_path, capsys, value
+):
+    images, (good, bad) = _plain_folder(cohort, tmp_path / "images", t2=False)
+    _set_voxel(images / f"{bad}_0000.nii.gz", value)
+    code, err = _cli(["-r", t1_run_dir, "-i", images, "-o", tmp_path / "out", *FAST], capsys)
+    assert code == 1 and "1 case(s) were not segmented" in _error_line(err)
+    table = pd.read_csv(tmp_path / "out" / "predictions.csv").set_index("case_id")
+    kind = {np.inf: "+Inf", -np.inf: "-Inf"}.get(value, "NaN")
+    assert (
+        f"1 {kind} voxel(s)" in table.loc[bad, "status"] and f"{bad}_0000.nii.gz" in table.loc[bad, "status"]
+    )
+    assert table.loc[good, "status"].startswith("ok")
+    assert not (tmp_path / "out" / f"{bad}.nii.gz").exists()
+    probability = np.asarray(nib.load(tmp_path / "out" / f"{good}_probability.nii.gz").dataobj)
+    assert np.isfinite(probability).all()
+
+
+def test_a_t2_with_inf_never_reaches_registration(run_dir, cohort, tmp_path, monkeypatch):
+    import mstt_lib.registration as registration
+
+    images, (good, bad) = _plain_folder(cohort, tmp_path / "images")
+    _set_voxel(images / f"{bad}_0001.nii.gz", np.inf)
+    registered = []
+    real = registration.register_cohort
+
+    def watched(cases, *args, **kwargs):
+        registered.extend(cases["case_id"])
+        assert bad not in set(cases["case_id"]), "a case with Inf voxels was sent to ANTs"
+        return real(cases, *args, **kwargs)
+
+    monkeypatch.setattr(registration, "register_cohort", watched)
+    table = predict_folder(
+        [run_dir], images, tmp_path / "out", tta="none", planes=["axial"], workers=1, progress=False
+    )
+    table = table.set_index("case_id")
+    assert registered == [good]
+    assert "1 +Inf voxel(s)" in table.loc[bad, "status"] and table.loc[good, "status"].startswith("ok")
+
+
+def _cohort_table(cohort, folder, edit):
+    """A copy of the cohort's table in ``folder`` (absolute image paths), with rows edited."""
+    folder.mkdir()
+    cases = pd.read_csv(cohort / "cohort.csv")
+    for column in ("t1", "t2", "mask"):
+        cases[column] = [str(cohort / p) for p in cases[column]]
+    edit(cases)
+    cases.to_csv(folder / "cohort.csv", index=False)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda t: t.loc.__setitem__((1, "case_id"), t.loc[0, "case_id"]), "duplicate case id (2 rows)"),
+        (lambda t: t.loc.__setitem__((1, "case_id"), ""), "a row with no case id: empty case id (row 2)"),
+        (
+            lambda t: t.loc.__setitem__((1, "case_id"), "../ESCAPED"),
+            "case id '../ESCAPED' is not a plain name",
+        ),
+    ],
+    ids=["duplicate", "empty", "escaping"],
+)
+def test_the_predictor_makes_the_case_table_checks_of_load_cohort(
+    t1_run_dir, cohort, tmp_path, capsys, edit, expected
+):
+    folder = _cohort_table(cohort, tmp_path / "new", edit)
+    out = tmp_path / "work" / "out"
+    code, err = _cli(["-r", t1_run_dir, "-i", folder, "-o", out, *FAST], capsys)
+    line = _error_line(err)
+    assert code == 1 and line.startswith("mstt-predict: error:") and expected in line
+    assert str(folder / "cohort.csv") in line
+    assert not any(p.name.startswith("ESCAPED") for p in tmp_path.rglob("*"))
+    assert not list(out.glob("*.nii.gz"))
+
+
+def test_a_plain_file_whose_case_id_is_not_a_plain_name_is_refused(t1_run_dir, cohort, tmp_path, capsys):
+    images, _ = _plain_folder(cohort, tmp_path / "images", t2=False)
+    first = sorted(images.iterdir())[0]
+    first.rename(images / "bad id_0000.nii.gz")
+    code, err = _cli(["-r", t1_run_dir, "-i", images, "-o", tmp_path / "out", *FAST], capsys)
+    assert code == 1 and "case id 'bad id' is not a plain name" in _error_line(err)
+
+
+def _copy_run(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    return copy
+
+
+@pytest.mark.parametrize(
+    "damage, file",
+    [
+        (lambda run: (run / "model.pt").write_bytes(b"\x80\x02garbage"), "model.pt"),
+        (lambda run: (run / "model.pt").write_bytes((run / "model.pt").read_bytes()[:5000]), "model.pt"),
+        (lambda run: (run / "params.json").write_text('{"model": "unet", "enc'), "params.json"),
+        (lambda run: (run / "preprocessing.json").write_text(""), "preprocessing.json"),
+    ],
+    ids=["model-garbage", "model-truncated", "params-truncated", "preprocessing-empty"],
+)
+def test_a_damaged_run_folder_is_one_line_naming_the_file(t1_run_dir, cohort, tmp_path, capsys, damage, file):
+    run = _copy_run(t1_run_dir, tmp_path)
+    damage(run)
+    images, _ = _plain_folder(cohort, tmp_path / "images", t2=False)
+    code, err = _cli(["-r", run, "-i", images, "-o", tmp_path / "out", *FAST], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [_error_line(err)]
+    assert str(run / file) in err and err.startswith("mstt-predict: error:")
+
+
+def test_a_run_whose_weights_do_not_fit_its_model_names_the_run(t1_run_dir, cohort, tmp_path, capsys):
+    run = _copy_run(t1_run_dir, tmp_path)
+    (run / "params.json").write_text(json.dumps({"model": "unet", "encoder": "resnet34", "image_size": 32}))
+    images, _ = _plain_folder(cohort, tmp_path / "images", t2=False)
+    code, err = _cli(["-r", run, "-i", images, "-o", tmp_path / "out", *FAST], capsys)
+    assert code == 1 and f"{run}: cannot load the trained run" in _error_line(err)
+
+
+def test_an_output_path_that_is_a_file_is_one_line(t1_run_dir, cohort, tmp_path, capsys):
+    images, _ = _plain_folder(cohort, tmp_path / "images", t2=False)
+    (tmp_path / "out").write_text("not a folder")
+    code, err = _cli(["-r", t1_run_dir, "-i", images, "-o", tmp_path / "out", *FAST], capsys)
+    assert code == 1 and err.strip().splitlines() == [_error_line(err)]
+    assert "is not a folder" in err and str(tmp_path / "out") in err
+    assert (tmp_path / "out").read_text() == "not a folder"
+
+
+def test_a_read_only_output_folder_is_one_line(t1_run_dir, cohort, tmp_path, capsys, monkeypatch):
+    images, _ = _plain_folder(cohort, tmp_path / "images", t2=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # root ignores chmod, so the refusal is simulated
+        if dir is not None and Path(dir).resolve() == out.resolve():
+            raise PermissionError(errno.EACCES, "Permission denied", str(Path(dir) / "x"))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    code, err = _cli(["-r", t1_run_dir, "-i", images, "-o", out, *FAST], capsys)
+    assert code == 1 and err.strip().splitlines() == [_error_line(err)]
+    assert "cannot write to the output folder (Permission denied)" in err and str(out) in err
+    assert list(out.iterdir()) == []
+
+
+def test_a_full_disk_fails_each_case_into_predictions_csv_and_the_run_goes_on(
+    t1_run_dir, cohort, tmp_path, capsys, monkeypatch
+):
+    images, (first, second) = _plain_folder(cohort, tmp_path / "images", t2=False)
+    real = nib.save
+
+    def full_for_first(image, filename, *args, **kwargs):
+        if Path(filename).name.startswith(f".{first}"):  # atomic_path's temporary name
+            raise OSError(errno.ENOSPC, "No space left on device", str(filename))
+        return real(image, filename, *args, **kwargs)
+
+    monkeypatch.setattr(nib, "save", full_for_first)
+    out = tmp_path / "out"
+    code, err = _cli(["-r", t1_run_dir, "-i", images, "-o", out, *FAST], capsys)
+    assert code == 1 and "1 case(s) were not segmented" in _error_line(err)
+    table = pd.read_csv(out / "predictions.csv").set_index("case_id")
+    assert "No space left on device" in table.loc[first, "status"]
+    assert table.loc[second, "status"].startswith("ok")
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(first)) == []  # nothing half-written
+
+
+def test_a_disk_full_for_the_status_table_is_one_line(t1_run_dir, cohort, tmp_path, capsys, monkeypatch):
+    images, _ = _plain_folder(cohort, tmp_path / "images", t2=False)
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "predictions.csv")
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    code, err = _cli(["-r", t1_run_dir, "-i", images, "-o", tmp_path / "out", *FAST], capsys)
+    assert code == 1 and _error_line(err) == "mstt-predict: error: No space left on device: predictions.csv"
+
+
+def test_usage_errors_exit_2_and_debug_shows_the_traceback(t1_run_dir, cohort, tmp_path):
+    run = _copy_run(t1_run_dir, tmp_path)
+    (run / "params.json").write_text("{")
+    command = [
+        sys.executable,
+        "-m",
+        "mstt_lib.predict",
+        "-r",
+        str(run),
+        "-i",
+        str(cohort),
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    usage = subprocess.run(command[:3] + ["-i", "x"], capture_output=True, text=True, env=environment)
+    assert usage.returncode == 2 and "required" in usage.stderr
+    plain = subprocess.run(command, capture_output=True, text=True, env=environment)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    expected = f"mstt-predict: error: {run / 'params.json'}: not valid JSON (damaged or truncated?): "
+    assert plain.stderr.strip().startswith(expected) and len(plain.stderr.strip().splitlines()) == 1
+    debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, env=environment)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "RunFolderError" in debug.stderr

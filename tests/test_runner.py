@@ -1,5 +1,12 @@
 """The runner's reference handling and notebook discovery."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import nbformat
 import pytest
 
@@ -38,3 +45,109 @@ def test_notebooks_are_found_in_order_and_filtered_by_prefix(tmp_path):
     assert [p.name for p in notebook_paths(tmp_path, ["02"])] == ["02_b.ipynb"]
     with pytest.raises(ValueError, match="09"):
         notebook_paths(tmp_path, ["09"])
+
+
+# ---------------------------------------------------------------------------
+# Issue 13: parameters no notebook declares, --only that matches nothing, a stopped run.
+
+
+def _parameters_notebook(path, source, body="pass"):
+    parameters = nbformat.v4.new_code_cell(source)
+    parameters.metadata["tags"] = ["parameters"]
+    notebook = _notebook([parameters, nbformat.v4.new_code_cell(body)])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, path)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project root with two notebooks; the runner finds it as the working folder."""
+    _parameters_notebook(
+        tmp_path / "notebooks" / "01_a.ipynb", 'param_set = "smoke"\ncohort = None  # a comment'
+    )
+    _parameters_notebook(tmp_path / "notebooks" / "02_b.ipynb", "epochs: int = 3\nlr, seed = 0.1, 1")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_declared_parameters_are_the_names_the_parameters_cell_assigns(project):
+    from mstt_lib.runner import check_parameters, declared_parameters
+
+    assert declared_parameters(project / "notebooks" / "01_a.ipynb") == ["param_set", "cohort"]
+    assert declared_parameters(project / "notebooks" / "02_b.ipynb") == [
+        "epochs"
+    ]  # a tuple target is not one
+    check_parameters({"cohort": "x", "epochs": 2}, notebook_paths(project))
+    with pytest.raises(ValueError, match="unknown parameter"):
+        check_parameters({"epochs": 2}, notebook_paths(project, ["01"]))
+
+
+def _main_exit(argv, capsys):
+    from mstt_lib.runner import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_an_unknown_parameter_is_a_usage_error_listing_the_valid_names(project, capsys):
+    code, err = _main_exit(["run", "-p", "unknown_param", "1"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "unknown parameter(s) unknown_param" in err
+    assert "valid names: cohort, epochs, param_set" in err
+    assert not (project / "book").exists()  # nothing was run
+
+
+def test_only_that_matches_no_notebook_is_a_usage_error_not_a_traceback(project, capsys):
+    code, err = _main_exit(["run", "--only", "99"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "no notebook starts with ['99']" in err and str(project / "notebooks") in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_run_shuts_its_kernel_down_and_leaves_no_temporary_file(project, tmp_path, signum):
+    psutil = pytest.importorskip("psutil")
+    started = project / "notebooks" / "started"
+    _parameters_notebook(
+        project / "notebooks" / "01_a.ipynb",
+        'param_set = "smoke"',
+        "import pathlib, time\npathlib.Path('started').touch()\nwhile True:\n    sum(range(10000))",
+    )
+    (project / "notebooks" / "02_b.ipynb").unlink()
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+    }
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "mstt_lib.runner", "run"],
+        cwd=project,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert runner.poll() is None and time.monotonic() < deadline, runner.stdout.read()
+            time.sleep(0.2)
+        kernels = psutil.Process(runner.pid).children(recursive=True)
+        assert kernels, "the notebook runs, so a kernel should"
+        commands = [k.cmdline() for k in kernels]
+        files = [c[i + 1] for c in commands for i, arg in enumerate(c[:-1]) if arg == "-f"]
+        assert files, commands
+        runner.send_signal(signum)
+        output, _ = runner.communicate(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 128 + signum, output
+    assert "Traceback" not in output
+    _, alive = psutil.wait_procs(kernels, timeout=10)
+    assert alive == [], f"kernel(s) still running: {[k.pid for k in alive]}"
+    chapters = project / "book" / "chapters"
+    assert list(chapters.iterdir()) == []  # neither the executed copy nor its temporary file
+    assert all(not Path(f).exists() for f in files)
+    assert not any((tmp_path / "runtime").glob("kernel-*.json"))
