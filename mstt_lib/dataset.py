@@ -20,6 +20,11 @@ __all__ = [
     "splits",
     "train_settings",
     "run_dir",
+    "train_run",
+    "run_dirs",
+    "caption",
+    "paper_recipe",
+    "fold_ensemble",
     "evaluation_dir",
     "cross_validation_results",
     "final_run",
@@ -189,7 +194,9 @@ def splits(params: dict[str, Any], cases: pd.DataFrame) -> list[dict[str, list[s
 
     digest = hashlib.sha1(",".join(sorted(cases["case_id"])).encode()).hexdigest()[:8]
     path = Path(params["work_dir"]) / "splits" / f"{cohort_dir(params).name}-{len(cases)}cases-{digest}.json"
-    return ensure_splits(cases, path, params["n_folds"], params["fold_seed"])
+    if params["fold_scheme"] != "stratified":
+        path = path.with_name(path.stem + f"-{params['fold_scheme']}.json")
+    return ensure_splits(cases, path, params["n_folds"], params["fold_seed"], params["fold_scheme"])
 
 
 def train_settings(params: dict[str, Any], model: str, fold: int):
@@ -208,7 +215,8 @@ def train_settings(params: dict[str, Any], model: str, fold: int):
         encoder=params["encoder"],
         weights=None if weights is None else str(weights),
         loss=params["loss"],
-        image_size=int(params["image_size"]),
+        # LiteMedSAM's image encoder takes 256 x 256 only, whatever the set's U-Net crops.
+        image_size=256 if model == "litemedsam" else int(params["image_size"]),
         min_tumour_voxels=int(params["min_tumour_voxels"]),
         augment=bool(params["augment"]),
         samples_per_epoch=params["samples_per_epoch"],
@@ -216,6 +224,11 @@ def train_settings(params: dict[str, Any], model: str, fold: int):
         seed=int(params["seed"]),
         device=params["device"],
         loader_workers=int(params["workers"]) if on_gpu else 0,
+        foreground_fraction=params["foreground_fraction"],
+        schedule=params["schedule"],
+        keep=params["keep"],
+        train_minutes=params["train_minutes"],
+        first_conv=params["first_conv"],
     )
 
 
@@ -237,6 +250,46 @@ def run_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
     return Path(params["work_dir"]) / "runs" / cohort_dir(params).name / f"{model}-fold{fold}-{digest}"
 
 
+def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progress: bool = True) -> Path:
+    """Train (or resume, or find finished) one (model, fold) run of the set; its folder.
+
+    Fold -1 is the run on every case (``final_run``). The folder also records the
+    parameter set (``parameter_set.json``) that the book's captions name.
+    """
+    from mstt_lib.provenance import record_parameter_set
+    from mstt_lib.train import train
+
+    cache = cache or slice_cache(params, progress=progress)
+    folder = run_dir(params, model, fold, cache)
+    if fold == -1:
+        folder = folder.with_name(folder.name.replace("-fold-1-", "-all-"))
+    if not (folder / "model.pt").is_file():
+        registered, _ = registered_cohort(params, progress=progress)
+        cases = registered[registered["case_id"].isin(cache.case_ids)]
+        if fold == -1:
+            train_cases, val_cases = sorted(cases["case_id"]), []
+        else:
+            folds = splits(params, cases)
+            train_cases, val_cases = folds[fold]["train"], folds[fold]["val"]
+        if params["keep"] == "best":
+            # The checkpoint is chosen on cases held out of training, never on the fold's test
+            # cases: otherwise cross-validation would score the checkpoint it picked with them.
+            train_cases, val_cases = _hold_out(train_cases, params["seed"])
+        settings = train_settings(params, model, fold)
+        train(settings, cache, train_cases, val_cases, folder, progress=progress)
+    record_parameter_set(folder, params)
+    return folder
+
+
+def _hold_out(case_ids: list[str], seed: int, fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """(training, internal validation): a seeded fifth of the cases held out for checkpoint choice."""
+    import numpy as np
+
+    ordered = sorted(case_ids)
+    held = set(np.random.default_rng(seed).permutation(ordered)[: max(1, round(fraction * len(ordered)))])
+    return [c for c in ordered if c not in held], sorted(held)
+
+
 def evaluation_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
     """``<work_dir>/evaluation/<cohort>/<run>-<tta>-<planes>``: predictions and metrics.csv."""
     run = run_dir(params, model, fold, cache)
@@ -252,7 +305,7 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
     ``prediction`` and ``native_mask``; the layout of ``mstt_lib.evaluate``'s ``metrics.csv``.
     """
     from mstt_lib.evaluate import evaluate_run
-    from mstt_lib.train import resolve_device, train
+    from mstt_lib.train import resolve_device
 
     cache = slice_cache(params, progress=progress)
     registered, _ = registered_cohort(params, progress=progress)
@@ -261,10 +314,7 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
     results = []
     for name in params["models"]:
         for fold in params["folds"]:
-            folder = run_dir(params, name, fold, cache)
-            if not (folder / "model.pt").is_file():
-                settings = train_settings(params, name, fold)
-                train(settings, cache, folds[fold]["train"], folds[fold]["val"], folder, progress=progress)
+            folder = train_run(params, name, fold, cache, progress=progress)
             val = cases[cases["case_id"].isin(folds[fold]["val"])].sort_values("case_id")
             limit = params["eval_cases"]
             limit = limit.get(name) if isinstance(limit, dict) else limit
@@ -297,17 +347,68 @@ def final_run(params: dict[str, Any], model: str, progress: bool = True) -> Path
     """A run trained on every case of the set (no validation cases), for new cases.
 
     ``<work_dir>/runs/<cohort>/<model>-all-<hash>``, trained once (resumes), in the
-    layout ``mstt-predict`` reads. Its training settings are the set's; ``fold`` is -1.
+    layout ``mstt-predict`` reads. Its training settings are the set's, with the
+    ``final_minutes`` budget when one is set; ``fold`` is -1.
     """
-    from mstt_lib.train import train
+    if params["final_minutes"] is not None:
+        params = {**params, "train_minutes": params["final_minutes"]}
+    return train_run(params, model, -1, progress=progress)
 
-    cache = slice_cache(params, progress=progress)
-    registered, _ = registered_cohort(params, progress=progress)
-    case_ids = sorted(set(registered["case_id"]) & set(cache.case_ids))
-    folder = run_dir(params, model, -1, cache)
-    folder = folder.with_name(folder.name.replace("-fold-1-", "-all-"))
-    if not (folder / "model.pt").is_file():
-        train(train_settings(params, model, -1), cache, case_ids, [], folder, progress=progress)
+
+def run_dirs(params: dict[str, Any], models=None) -> list[Path]:
+    """The run folders of the set's (model, fold) grid (trained or not)."""
+    cache = slice_cache(params, progress=False)
+    return [
+        run_dir(params, model, fold, cache)
+        for model in (models or params["models"])
+        for fold in params["folds"]
+    ]
+
+
+def caption(params: dict[str, Any], models=None, extra: str = "") -> str:
+    """The provenance line of a table or figure made from the set's cross-validation runs."""
+    from mstt_lib.provenance import caption as provenance_caption
+
+    inference = f"TTA {params['tta']} over {len(params['planes'])} plane(s)"
+    return provenance_caption(params, run_dirs(params, models), ", ".join(p for p in (inference, extra) if p))
+
+
+def paper_recipe(params: dict[str, Any]) -> dict[str, Any]:
+    """The set with the paper's training recipe (tumour slices only, BCE, constant rate 1e-4,
+    last weights, no post-processing) at the set's own grid, budget and weights."""
+    from mstt_lib.params import PAPER_RECIPE
+
+    return {**params, **PAPER_RECIPE}
+
+
+def fold_ensemble(params: dict[str, Any], model: str, results: pd.DataFrame) -> Path:
+    """The set's fold runs of ``model`` as one ensemble folder that ``mstt-predict -r`` takes.
+
+    ``<work_dir>/runs/<cohort>/<model>-ensemble-<hash>/``: ``ensemble.json`` lists the
+    fold runs (folder names beside it) and ``postprocessing.json`` the step chosen by
+    nnU-Net's rule on the cross-validation ``results`` of those runs (``postprocess``:
+    ``"auto"``), or the set's fixed choice.
+    """
+    import hashlib
+    import json
+
+    from mstt_lib.io import atomic_path
+    from mstt_lib.postprocess import choose_from_results, write_choice
+
+    cache = slice_cache(params, progress=False)
+    runs = [run_dir(params, model, fold, cache) for fold in params["folds"]]
+    digest = hashlib.sha1(",".join(r.name for r in runs).encode()).hexdigest()[:8]
+    folder = runs[0].parent / f"{model}-ensemble-{digest}"
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "ensemble.json") as tmp:
+        tmp.write_text(json.dumps({"runs": [r.name for r in runs]}, indent=1))
+    scored = results[results["model"] == model] if "model" in results else results
+    if params["postprocess"] == "auto":
+        decision = choose_from_results(scored)
+    else:
+        kind = params["postprocess"] or "none"
+        decision = {"postprocessing": kind, "rule": "fixed by the parameter set"}
+    write_choice(folder, decision)
     return folder
 
 

@@ -7,7 +7,9 @@ unstratified ``KFold(5, shuffle=True, random_state=42)``; stratifying keeps ever
 tissue in every fold.) scikit-learn's ``StratifiedKFold`` refuses a tissue with fewer
 cases than folds, which a small cohort has, so the folds are dealt here: each
 tissue's cases, shuffled, go round the folds in turn, continuing where the previous
-tissue stopped, so fold sizes differ by at most one.
+tissue stopped, so fold sizes differ by at most one. ``scheme="kfold"`` gives the
+authors' unstratified folds instead (``KFold(5, shuffle=True, random_state=42)`` over the
+case ids in sorted order).
 """
 
 from __future__ import annotations
@@ -21,15 +23,31 @@ import pandas as pd
 
 from mstt_lib.io import atomic_path
 
-__all__ = ["make_folds", "ensure_splits", "read_splits", "fold_cases"]
+__all__ = ["FOLD_SCHEMES", "make_folds", "ensure_splits", "read_splits", "fold_cases"]
 
 
-def make_folds(cases: pd.DataFrame, n_folds: int = 5, seed: int = 42) -> list[dict[str, list[str]]]:
-    """Patient-level folds stratified by tissue (cases without a tissue form their own stratum)."""
+FOLD_SCHEMES = ("stratified", "kfold")
+
+
+def make_folds(
+    cases: pd.DataFrame, n_folds: int = 5, seed: int = 42, scheme: str = "stratified"
+) -> list[dict[str, list[str]]]:
+    """Patient-level folds stratified by tissue (cases without a tissue form their own stratum),
+    or the authors' unstratified ``KFold`` with ``scheme="kfold"``."""
+    if scheme not in FOLD_SCHEMES:
+        raise ValueError(f"unknown fold scheme {scheme!r}; choose one of {FOLD_SCHEMES}")
     if len(cases) < n_folds:
         raise ValueError(f"{len(cases)} cases cannot make {n_folds} folds")
     if cases["case_id"].duplicated().any():
         raise ValueError("duplicate case ids: folds must split by patient")
+    if scheme == "kfold":
+        from sklearn.model_selection import KFold
+
+        ids = np.array(sorted(cases["case_id"]))
+        return [
+            {"train": sorted(ids[train].tolist()), "val": sorted(ids[val].tolist())}
+            for train, val in KFold(n_folds, shuffle=True, random_state=seed).split(ids)
+        ]
     strata = cases["tissue"].fillna("unknown").astype(str)
     rng = np.random.default_rng(seed)
     fold_of: dict[str, int] = {}
@@ -65,13 +83,13 @@ def read_splits(path: str | os.PathLike, cases: pd.DataFrame | None = None) -> l
 
 
 def ensure_splits(
-    cases: pd.DataFrame, path: str | os.PathLike, n_folds: int = 5, seed: int = 42
+    cases: pd.DataFrame, path: str | os.PathLike, n_folds: int = 5, seed: int = 42, scheme: str = "stratified"
 ) -> list[dict[str, list[str]]]:
     """The folds in ``path``: written on first use, afterwards read (and checked) unchanged."""
     path = Path(path)
     if path.is_file():
         return read_splits(path, cases)
-    splits = make_folds(cases, n_folds, seed)
+    splits = make_folds(cases, n_folds, seed, scheme)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(splits, indent=1))

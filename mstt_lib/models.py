@@ -3,9 +3,10 @@
 ``build_model("unet", in_channels=6)`` gives segmentation-models-pytorch's U-Net
 (the paper's encoder is ``se_resnext50_32x4d``); ``build_model("litemedsam", ...)``
 the project's LiteMedSAM (``mstt_lib.litemedsam``). Both map (B, C, H, W) images in
-[0, 1] to (B, 1, H, W) logits. Nothing is downloaded: pretrained weights load from a
-file the user gives, and without one the model starts from random initialisation
-and says so in ``model.pretrained`` (None).
+[0, 1] to (B, 1, H, W) logits. U-Net encoder weights are ``"imagenet"`` (downloaded
+and cached the way segmentation-models-pytorch does it, from its Hugging Face hub
+repository; offline, an error names the local-file option), a local file the user
+gives, or None: random initialisation, stated in ``model.pretrained`` (None).
 
 ImageNet encoder weights have 3 input channels. For 6 (T1 and T2, three slices each)
 the first convolution is adapted the way segmentation-models-pytorch does it: the
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "build_model", "build_unet", "load_encoder_weights"]
+__all__ = ["MODELS", "build_model", "build_unet", "imagenet_weights_file", "load_encoder_weights"]
 
 MODELS = ("unet", "litemedsam")
 
@@ -77,6 +78,31 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike) -> None:
     encoder.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
+def imagenet_weights_file(encoder: str) -> Path:
+    """The local copy of smp's ImageNet weights for ``encoder``, downloaded on first use.
+
+    The same repository, revision and cache as ``smp.Unet(encoder_weights="imagenet")``
+    (``hf_hub_download``), so a user's existing cache is reused and the file can be hashed.
+    """
+    from huggingface_hub import hf_hub_download
+    from segmentation_models_pytorch.encoders import encoders
+
+    settings = encoders.get(encoder, {}).get("pretrained_settings", {}).get("imagenet")
+    if settings is None:
+        raise ValueError(f"segmentation-models-pytorch has no ImageNet weights for encoder {encoder!r}")
+    try:
+        hf_hub_download(settings["repo_id"], filename="config.json", revision=settings["revision"])
+        return Path(
+            hf_hub_download(settings["repo_id"], filename="model.safetensors", revision=settings["revision"])
+        )
+    except Exception as error:  # offline, proxy, hub errors: all end the same way for a user
+        raise RuntimeError(
+            f"could not download the ImageNet weights of encoder {encoder!r} from {settings['repo_id']} "
+            f"({type(error).__name__}); without a network, give a local 3-channel encoder file instead: "
+            f"unet_weights=/path/to/{encoder}.pth (a state_dict) or .safetensors"
+        ) from None
+
+
 def build_unet(
     in_channels: int = 6,
     encoder: str = "se_resnext50_32x4d",
@@ -93,10 +119,16 @@ def build_unet(
         model = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
     except (KeyError, ValueError) as error:
         raise ValueError(f"unknown U-Net encoder {encoder!r}: {error}") from None
+    if weights == "imagenet":
+        weights = imagenet_weights_file(encoder)
     if weights is not None:
         load_encoder_weights(model.encoder, weights)
     if in_channels != 3:
-        patch_first_conv(model.encoder, new_in_channels=in_channels, pretrained=first_conv == "tile")
+        patch_first_conv(
+            model.encoder,
+            new_in_channels=in_channels,
+            pretrained=weights is not None and first_conv == "tile",
+        )
     model.pretrained = None if weights is None else str(weights)
     return model
 
@@ -106,8 +138,10 @@ def build_model(
     in_channels: int = 6,
     encoder: str = "se_resnext50_32x4d",
     weights: str | os.PathLike | None = None,
+    first_conv: str = "tile",
 ) -> nn.Module:
-    """``"unet"`` or ``"litemedsam"`` for ``in_channels`` inputs, weights from a local file.
+    """``"unet"`` or ``"litemedsam"`` for ``in_channels`` inputs; U-Net weights ``"imagenet"``
+    or a local file, LiteMedSAM weights a local file.
 
     For LiteMedSAM ``weights`` is the released ``lite_medsam.pth`` (and ``encoder`` is unused).
 
@@ -115,7 +149,7 @@ def build_model(
     torch.Size([1, 1, 64, 64])
     """
     if name == "unet":
-        return build_unet(in_channels, encoder, weights)
+        return build_unet(in_channels, encoder, weights, first_conv)
     if name == "litemedsam":
         from mstt_lib.litemedsam import LiteMedSAM, load_checkpoint
 

@@ -107,6 +107,7 @@ def run_notebooks(
     check_parameters(parameters or {}, sources)
     out_dir = root / EXECUTED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_started = time.time()
     written = []
     for source in sources:
         target = out_dir / source.name
@@ -129,7 +130,41 @@ def run_notebooks(
                 ) from None
         print(f"[mstt-book] {source.name} done in {time.perf_counter() - started:.0f} s", flush=True)
         written.append(target)
+    write_build_info(out_dir, run_started)
     return written
+
+
+BUILD_INFO = "build_info.md"
+
+
+def write_build_info(out_dir: Path, since: float) -> Path:
+    """``build_info.md`` for the intro page: the parameter sets and budgets of the runs this
+    build used, read from the run folders (each use rewrites its ``parameter_set.json``)."""
+    from mstt_lib.params import get_params
+    from mstt_lib.provenance import SMALL_BUDGET_SETS, runs_by_set, runs_summary
+
+    work_dir = Path(get_params()["work_dir"])
+    used = [
+        path.parent
+        for path in sorted(work_dir.glob("runs/*/*/parameter_set.json"))
+        if path.stat().st_mtime >= since and (path.parent / "run.json").is_file()
+    ]
+    if not used:
+        text = "No training run was used by the chapters of this build."
+    else:
+        lines = []
+        for name, records in runs_by_set(used).items():
+            folders = [f for f in used if f.name in {r["run"] for r in records}]
+            lines.append(f"- set `{name}`: {runs_summary(folders)}")
+        text = "This copy of the book was built from these training runs:\n\n" + "\n".join(lines)
+        if set(runs_by_set(used)) & set(SMALL_BUDGET_SETS):
+            text += (
+                "\n\nThe `smoke` set demonstrates the pipeline at a small CPU budget; its numbers are "
+                "those of models trained for minutes, not the best these models can do."
+            )
+    with atomic_path(out_dir / BUILD_INFO) as tmp:
+        tmp.write_text(text + "\n")
+    return out_dir / BUILD_INFO
 
 
 def run_grid(

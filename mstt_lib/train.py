@@ -1,7 +1,22 @@
 """Training one model on one fold (paper, section 3 and Appendix A).
 
 Binary cross-entropy on logits (the paper's eq. 1; ``loss="dice_bce"`` adds soft
-Dice), Adam, the Appendix A augmentations, 2.5D samples from the slice cache. A run
+Dice), Adam, the Appendix A augmentations, 2.5D samples from the slice cache.
+
+The paper trains on tumour slices only, at a constant learning rate, and keeps the
+last weights. Beyond it (the ``smoke`` and ``best`` recipes):
+
+- ``foreground_fraction``: a sample is a tumour slice with this probability and
+  otherwise any slice of the training cases, as nnU-Net oversamples foreground
+  patches; inference sees every slice, so the model must learn to leave tumour-free
+  slices empty;
+- ``schedule="poly"``: nnU-Net's polynomial decay of the learning rate over the
+  run's optimizer steps;
+- ``keep="best"``: the weights of the epoch with the best validation Dice;
+- ``train_minutes``: a wall-clock budget; the number of epochs follows from the
+  measured speed of a few steps and is recorded in ``budget.json``.
+
+A run
 writes its own folder: ``params.json``, ``preprocessing.json`` (how its samples were
 made, for the predictor), ``checkpoint.pt`` (rewritten every epoch, with the optimiser),
 ``history.csv`` (loss and validation Dice per epoch) and, at
@@ -29,7 +44,18 @@ from mstt_lib.io import atomic_path
 from mstt_lib.models import build_model
 from mstt_lib.slices import PLANES, SliceCache
 
-__all__ = ["TrainSettings", "augmentations", "SliceDataset", "resolve_device", "train", "dice_score"]
+__all__ = [
+    "TrainSettings",
+    "augmentations",
+    "SliceDataset",
+    "resolve_device",
+    "mixed_precision",
+    "sample_rows",
+    "train",
+    "training_speed",
+    "dice_score",
+    "weights_record",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +79,16 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     loader_workers: int = 0
+    foreground_fraction: float | None = None  # None: tumour slices only (the paper)
+    schedule: str = "constant"  # "constant" (the paper) or "poly"
+    keep: str = "last"  # "last" (the paper) or "best" (validation Dice)
+    train_minutes: float | None = None  # a wall-clock budget that sets the epochs
+    first_conv: str = "tile"  # 6-channel first convolution: "tile" ImageNet filters or "random"
+
+    def steps_per_epoch(self, n_samples: int) -> int:
+        """Optimizer steps in one epoch of ``n_samples`` available training samples."""
+        samples = self.samples_per_epoch or n_samples
+        return max(1, -(-samples // self.batch_size))
 
 
 def augmentations(size: int):
@@ -115,6 +151,22 @@ class SliceDataset(torch.utils.data.Dataset):
         )
 
 
+def mixed_precision(device: torch.device) -> torch.dtype | None:
+    """The autocast type training uses: float16 on CUDA, bfloat16 on CPUs with native bfloat16
+    (AVX512-BF16 or AMX; measured 1.8x faster for the smoke U-Net on 2 cores,
+    benchmarks/results.md), else None (float32)."""
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return torch.bfloat16
+    return None
+
+
+def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto``: CUDA when present, else the CPU. Asking for CUDA without it is an error."""
     if device == "auto":
@@ -135,6 +187,10 @@ def dice_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float
 
 
 class _Loss(nn.Module):
+    """BCE, or BCE plus soft Dice pooled over the batch (nnU-Net's batch Dice: a
+    tumour-free slice then adds its false positives to the batch instead of a Dice of
+    its own, which would be 0 or 1 whatever the model does)."""
+
     def __init__(self, kind: str):
         super().__init__()
         if kind not in ("bce", "dice_bce"):
@@ -146,9 +202,9 @@ class _Loss(nn.Module):
         loss = self.bce(logits, target)
         if self.kind == "dice_bce":
             probability = torch.sigmoid(logits)
-            intersection = (probability * target).sum((1, 2, 3))
-            total = probability.sum((1, 2, 3)) + target.sum((1, 2, 3))
-            loss = loss + (1 - (2 * intersection + 1) / (total + 1)).mean()
+            intersection = (probability * target).sum()
+            total = probability.sum() + target.sum()
+            loss = loss + 1 - (2 * intersection + 1) / (total + 1)
         return loss
 
 
@@ -159,6 +215,38 @@ def _settings_json(settings: TrainSettings) -> dict:
 def _epoch_order(n: int, seed: int, epoch: int, limit: int | None) -> np.ndarray:
     order = np.random.default_rng([seed, epoch]).permutation(n)
     return order if limit is None else order[:limit]
+
+
+def sample_rows(
+    rows: pd.DataFrame,
+    min_tumour_voxels: int,
+    foreground_fraction: float | None,
+    count: int | None,
+    seed: int,
+    epoch: int,
+) -> pd.DataFrame:
+    """The slices of one epoch, drawn reproducibly from (seed, epoch).
+
+    ``foreground_fraction`` None keeps the paper's rule: tumour slices only (more than
+    ``min_tumour_voxels``), each once per epoch in a shuffled order (``count`` of them
+    when given). A fraction ``p`` draws ``count`` slices (default: as many as there are
+    tumour slices), each a tumour slice with probability ``p`` and otherwise any slice.
+    """
+    rows = rows.reset_index(drop=True)
+    tumour = np.flatnonzero(rows["tumour_voxels"].to_numpy() > min_tumour_voxels)
+    if tumour.size == 0:
+        raise ValueError(f"no training slices with more than {min_tumour_voxels} tumour voxels")
+    if foreground_fraction is None:
+        return rows.iloc[tumour[_epoch_order(tumour.size, seed, epoch, count)]].reset_index(drop=True)
+    if not 0.0 <= foreground_fraction <= 1.0:
+        raise ValueError(f"foreground_fraction should lie in [0, 1], got {foreground_fraction}")
+    count = count or tumour.size
+    rng = np.random.default_rng([seed, epoch, 1])
+    from_tumour = rng.random(count) < foreground_fraction
+    picks = np.where(
+        from_tumour, tumour[rng.integers(0, tumour.size, count)], rng.integers(0, len(rows), count)
+    )
+    return rows.iloc[picks].reset_index(drop=True)
 
 
 def train(
@@ -173,11 +261,17 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(settings.device)
+    if settings.schedule not in ("constant", "poly"):
+        raise ValueError(f"unknown schedule {settings.schedule!r}; choose 'constant' or 'poly'")
+    if settings.keep not in ("last", "best"):
+        raise ValueError(f"keep should be 'last' or 'best', got {settings.keep!r}")
     params_file = run_dir / "params.json"
     wanted = _settings_json(settings)
+    # More epochs continue a run at a constant rate; a schedule is fixed by its length.
+    free = {"epochs"} if settings.schedule == "constant" and settings.train_minutes is None else set()
     if params_file.is_file():
         previous = json.loads(params_file.read_text())
-        different = {k for k in wanted if k != "epochs" and previous.get(k) != wanted[k]}
+        different = {k for k in wanted if k not in free and previous.get(k) != wanted[k]}
         if different:
             raise ValueError(
                 f"{run_dir} holds a run with other parameters {sorted(different)}; use another folder"
@@ -190,15 +284,66 @@ def train(
         tmp.write_text(json.dumps(preprocessing, indent=1))
 
     torch.manual_seed(settings.seed)
-    model = build_model(settings.model, len(cache.manifest["channels"]), settings.encoder, settings.weights)
+    model = build_model(
+        settings.model,
+        len(cache.manifest["channels"]),
+        settings.encoder,
+        settings.weights,
+        settings.first_conv,
+    )
     model.to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    precision = mixed_precision(device)
+    amp = precision is not None
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    if amp:
+        model.to(memory_format=torch.channels_last)
     loss_function = _Loss(settings.loss)
+
+    planes = tuple(settings.planes)
+    all_train = cache.select(train_cases, planes, None)
+    val_rows = (
+        sample_rows(
+            cache.select(val_cases, planes, None),
+            settings.min_tumour_voxels,
+            settings.foreground_fraction,
+            settings.val_samples,
+            settings.seed,
+            999_999,
+        )
+        if val_cases
+        else all_train.iloc[:0]
+    )
+    train_data = SliceDataset(cache, all_train, settings.image_size, settings.augment, settings.seed)
+    val_data = SliceDataset(cache, val_rows, settings.image_size, False, settings.seed)
+    val_loader = torch.utils.data.DataLoader(val_data, batch_size=settings.batch_size, shuffle=False)
+    n_tumour = int((all_train["tumour_voxels"] > settings.min_tumour_voxels).sum())
+    if n_tumour == 0:
+        raise ValueError(f"no training slices with more than {settings.min_tumour_voxels} tumour voxels")
+    steps_per_epoch = settings.steps_per_epoch(n_tumour)
+    position = {key: i for i, key in enumerate(train_data.rows)}
+
+    def epoch_loader(epoch: int):
+        rows = sample_rows(
+            all_train,
+            settings.min_tumour_voxels,
+            settings.foreground_fraction,
+            settings.samples_per_epoch,
+            settings.seed,
+            epoch,
+        )
+        keys = rows[["case_id", "plane", "index"]].itertuples(index=False, name=None)
+        return torch.utils.data.DataLoader(
+            torch.utils.data.Subset(train_data, [position[k] for k in keys]),
+            batch_size=settings.batch_size,
+            shuffle=False,
+            num_workers=settings.loader_workers,
+        )
+
     history: list[dict] = []
-    start = 0
+    start, best = 0, {"dice": -1.0, "epoch": 0}
     checkpoint_file = run_dir / "checkpoint.pt"
+    budget_file = run_dir / "budget.json"
     if checkpoint_file.is_file():
         state = torch.load(checkpoint_file, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -206,42 +351,52 @@ def train(
         scaler.load_state_dict(state["scaler"])
         history = state["history"]
         start = state["epoch"] + 1
+        best = state.get("best", best)
+    epochs = settings.epochs
+    if settings.train_minutes is not None:
+        if budget_file.is_file():  # a resumed run keeps the length it was given
+            epochs = json.loads(budget_file.read_text())["epochs"]
+        else:
+            step_seconds = _time_steps(
+                model, optimiser, epoch_loader(0), loss_function, device, precision=precision
+            )
+            # Validation passes cost about a third of a training step per batch.
+            epoch_seconds = step_seconds * (steps_per_epoch + len(val_loader) / 3)
+            epochs = max(1, int(settings.train_minutes * 60 // epoch_seconds))
+            with atomic_path(budget_file) as tmp:
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "train_minutes": settings.train_minutes,
+                            "step_seconds": step_seconds,
+                            "steps_per_epoch": steps_per_epoch,
+                            "epochs": epochs,
+                        },
+                        indent=1,
+                    )
+                )
+    total_steps = epochs * steps_per_epoch
 
-    planes = tuple(settings.planes)
-    train_rows = cache.select(train_cases, planes, settings.min_tumour_voxels)
-    val_rows = cache.select(val_cases, planes, settings.min_tumour_voxels)
-    if settings.val_samples is not None and len(val_rows) > settings.val_samples:
-        val_rows = val_rows.iloc[_epoch_order(len(val_rows), settings.seed, 999_999, settings.val_samples)]
-    if train_rows.empty:
-        raise ValueError(f"no training slices with more than {settings.min_tumour_voxels} tumour voxels")
-    train_data = SliceDataset(cache, train_rows, settings.image_size, settings.augment, settings.seed)
-    val_data = SliceDataset(cache, val_rows, settings.image_size, False, settings.seed)
-    val_loader = torch.utils.data.DataLoader(val_data, batch_size=settings.batch_size, shuffle=False)
-
-    for epoch in range(start, settings.epochs):
+    for epoch in range(start, epochs):
         started = time.perf_counter()
         train_data.set_epoch(epoch)
-        order = _epoch_order(len(train_data), settings.seed, epoch, settings.samples_per_epoch)
-        loader = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(train_data, order.tolist()),
-            batch_size=settings.batch_size,
-            shuffle=False,
-            num_workers=settings.loader_workers,
-        )
         model.train()
         losses = []
         bar = tqdm(
-            loader,
-            desc=f"{settings.model} fold {settings.fold} epoch {epoch + 1}/{settings.epochs}",
+            epoch_loader(epoch),
+            desc=f"{settings.model} fold {settings.fold} epoch {epoch + 1}/{epochs}",
             disable=not progress,
             unit="batch",
         )
-        for images, masks in bar:
+        for step, (images, masks) in enumerate(bar, start=epoch * steps_per_epoch):
+            if settings.schedule == "poly":
+                for group in optimiser.param_groups:
+                    group["lr"] = settings.lr * (1 - step / total_steps) ** 0.9
             images, masks = images.to(device), masks.to(device)
             optimiser.zero_grad(set_to_none=True)
             try:
-                with torch.autocast(device.type, enabled=amp):
-                    loss = loss_function(model(images), masks)
+                with torch.autocast(device.type, dtype=precision, enabled=amp):
+                    loss = loss_function(model(_layout(images, amp)).float(), masks)
                 scaler.scale(loss).backward()
                 scaler.step(optimiser)
                 scaler.update()
@@ -251,16 +406,21 @@ def train(
                 ) from None
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        val_loss, val_dice = _validate(model, val_loader, loss_function, device, amp)
+        val_loss, val_dice = _validate(model, val_loader, loss_function, device, precision)
         history.append(
             {
                 "epoch": epoch + 1,
+                "steps": (epoch + 1) * steps_per_epoch,
                 "train_loss": float(np.mean(losses)),
                 "val_loss": val_loss,
                 "val_dice": val_dice,
                 "seconds": time.perf_counter() - started,
             }
         )
+        if settings.keep == "best" and not val_dice <= best["dice"]:  # NaN (no validation) counts as best
+            best = {"dice": val_dice, "epoch": epoch + 1}
+            with atomic_path(run_dir / "best.pt") as tmp:
+                torch.save(model.state_dict(), tmp)
         state = {
             "model": model.state_dict(),
             "optimiser": optimiser.state_dict(),
@@ -268,25 +428,114 @@ def train(
             "epoch": epoch,
             "history": history,
             "settings": wanted,
+            "best": best,
         }
         with atomic_path(checkpoint_file) as tmp:
             torch.save(state, tmp)
         with atomic_path(run_dir / "history.csv") as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)
+    final = model.state_dict()
+    if settings.keep == "best" and (run_dir / "best.pt").is_file():
+        final = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     with atomic_path(run_dir / "model.pt") as tmp:
-        torch.save(model.state_dict(), tmp)
+        torch.save(final, tmp)
+    _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, device, best)
     return pd.DataFrame(history)
 
 
+def _time_steps(model, optimiser, loader, loss_function, device, steps: int = 4, precision=None) -> float:
+    """Seconds per training step (data loading included), measured on a copy of the model
+    and optimiser so the run itself starts untouched."""
+    import copy
+
+    model_copy, optimiser_copy = copy.deepcopy(model), copy.deepcopy(optimiser)
+    model_copy.train()
+    times, batches = [], iter(loader)
+    for _ in range(steps):
+        started = time.perf_counter()
+        try:
+            images, masks = next(batches)
+        except StopIteration:
+            break
+        optimiser_copy.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            logits = model_copy(_layout(images.to(device), precision is not None)).float()
+        loss_function(logits, masks.to(device)).backward()
+        optimiser_copy.step()
+        times.append(time.perf_counter() - started)
+    later = times[1:] or times  # the first step pays one-off set-up costs
+    return float(np.median(later))
+
+
+def training_speed(
+    model: nn.Module, channels: int, size: int, batch_size: int = 2, device: str = "cpu", steps: int = 3
+) -> float:
+    """Training samples per second of ``model`` on random (channels, size, size) inputs: what a
+    budget buys on this machine. The model is trained on a copy, so it comes back unchanged."""
+    import copy
+
+    device = resolve_device(device)
+    precision = mixed_precision(device)
+    model_copy = copy.deepcopy(model).to(device).train()
+    if precision is not None:
+        model_copy.to(memory_format=torch.channels_last)
+    images = torch.rand(batch_size, channels, size, size, device=device)
+    masks = (torch.rand(batch_size, 1, size, size, device=device) > 0.9).float()
+    loader = [(images, masks)] * (steps + 1)
+    optimiser = torch.optim.Adam(model_copy.parameters())
+    return batch_size / _time_steps(model_copy, optimiser, loader, _Loss("bce"), device, steps + 1, precision)
+
+
+def weights_record(weights: str | None, encoder: str | None = None) -> dict:
+    """What a run started from: a file with its SHA-256, or random initialisation."""
+    if weights is None:
+        return {"weights": "random initialisation", "weights_sha256": None}
+    import hashlib
+
+    if weights == "imagenet":
+        from mstt_lib.models import imagenet_weights_file
+
+        weights = str(imagenet_weights_file(encoder))
+
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"weights": str(weights), "weights_sha256": digest.hexdigest()}
+
+
+def _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, device, best) -> None:
+    """``run.json``: the budget a run actually had (steps, minutes, device) and its weights."""
+    record = {
+        "model": settings.model,
+        "encoder": settings.encoder if settings.model == "unet" else None,
+        **weights_record(settings.weights, settings.encoder),
+        "first_conv": settings.first_conv if settings.model == "unet" else None,
+        "epochs": epochs,
+        "steps": epochs * steps_per_epoch,
+        "batch_size": settings.batch_size,
+        "samples_seen": epochs * steps_per_epoch * settings.batch_size,
+        "train_minutes_budget": settings.train_minutes,
+        "train_minutes": round(sum(h["seconds"] for h in history) / 60, 2),
+        "device": device.type if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "cpu_threads": torch.get_num_threads(),
+        "precision": str(mixed_precision(device) or torch.float32).removeprefix("torch."),
+        "kept": settings.keep if settings.keep == "last" else f"best (epoch {best['epoch']})",
+        "torch": torch.__version__,
+    }
+    with atomic_path(Path(run_dir) / "run.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+
+
 @torch.inference_mode()
-def _validate(model, loader, loss_function, device, amp) -> tuple[float, float]:
+def _validate(model, loader, loss_function, device, precision) -> tuple[float, float]:
     """Mean loss and Dice pooled over all validation samples (NaN when there are none)."""
     model.eval()
     losses, numerator, denominator = [], 0.0, 0.0
     for images, masks in loader:
         images, masks = images.to(device), masks.to(device)
-        with torch.autocast(device.type, enabled=amp):
-            logits = model(images)
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+            logits = model(_layout(images, precision is not None))
         losses.append(loss_function(logits.float(), masks).item())
         tp2, total = dice_score(logits, masks)
         numerator, denominator = numerator + tp2, denominator + total

@@ -70,3 +70,17 @@ def test_a_splits_file_that_does_not_match_the_case_table_is_an_error(tmp_path):
         read_splits(path, CASES.iloc[1:])
     with pytest.raises(ValueError, match="does not match"):
         ensure_splits(pd.concat([CASES, _cases({"Other": 1})]), path)
+
+
+def test_the_authors_kfold_scheme_is_sklearns_kfold_over_sorted_ids():
+    from sklearn.model_selection import KFold
+
+    cases = pd.DataFrame({"case_id": [f"C{i:03d}" for i in range(23)][::-1], "tissue": None})
+    ours = make_folds(cases, 5, 42, scheme="kfold")
+    ids = sorted(cases["case_id"])
+    for fold, (_, val) in zip(ours, KFold(5, shuffle=True, random_state=42).split(ids), strict=True):
+        assert fold["val"] == sorted(ids[i] for i in val)
+        assert sorted(fold["train"] + fold["val"]) == ids
+    assert ours != make_folds(cases, 5, 42)  # not the stratified deal
+    with pytest.raises(ValueError, match="unknown fold scheme"):
+        make_folds(cases, 5, 42, scheme="random")

@@ -55,3 +55,53 @@ def test_unknown_model_and_encoder_list_the_choices():
     with pytest.raises(ValueError, match="encoder"):
         build_unet(6, "no_such_encoder")
     assert MODELS == ("unet", "litemedsam")
+
+
+def test_imagenet_weights_come_through_the_hub_download_and_are_hashed(tmp_path, monkeypatch):
+    """``"imagenet"`` asks smp's hub repository for the file (here a local stand-in) and loads it."""
+    import huggingface_hub
+    from safetensors.torch import save_file
+
+    from mstt_lib.train import weights_record
+
+    reference = build_unet(3, "resnet18")
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.encoder.state_dict().items()}, str(weights))
+    asked = []
+
+    def fake_download(repo_id, filename, revision=None, **kwargs):
+        asked.append((repo_id, filename))
+        return str(weights) if filename == "model.safetensors" else str(tmp_path / "config.json")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    model = build_unet(6, "resnet18", weights="imagenet")
+    assert asked[-1] == ("smp-hub/resnet18.imagenet", "model.safetensors")
+    torch.testing.assert_close(model.encoder.conv1.weight[:, :3], reference.encoder.conv1.weight * 0.5)
+    record = weights_record("imagenet", "resnet18")
+    import hashlib
+
+    assert record["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert weights_record(None)["weights"] == "random initialisation"
+
+
+def test_imagenet_weights_offline_name_the_local_file_option(monkeypatch):
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(RuntimeError, match=r"unet_weights=/path/to/resnet18\.pth"):
+        build_unet(6, "resnet18", weights="imagenet")
+
+
+def test_random_first_convolution_is_the_authors_choice(tmp_path):
+    reference, path = _encoder_file(tmp_path)
+    tiled = build_unet(6, "resnet18", weights=path, first_conv="tile")
+    random = build_unet(6, "resnet18", weights=path, first_conv="random")
+    assert random.encoder.conv1.weight.shape == (64, 6, 7, 7)
+    assert not torch.allclose(random.encoder.conv1.weight[:, :3], tiled.encoder.conv1.weight[:, :3])
+    # the rest of the encoder is the pretrained one in both
+    torch.testing.assert_close(
+        random.encoder.layer1[0].conv1.weight, reference.encoder.layer1[0].conv1.weight
+    )

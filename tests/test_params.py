@@ -5,9 +5,22 @@ import pytest
 from mstt_lib.params import PARAMETER_SETS, get_params
 
 
-def test_both_named_sets_exist_with_the_same_keys():
-    assert {"smoke", "paper"} <= set(PARAMETER_SETS)
-    assert set(PARAMETER_SETS["smoke"]) == set(PARAMETER_SETS["paper"])
+def test_every_named_set_has_the_same_keys_and_the_paper_set_keeps_the_papers_recipe():
+    assert {"smoke", "paper", "best"} <= set(PARAMETER_SETS)
+    for name in PARAMETER_SETS:
+        assert set(PARAMETER_SETS[name]) == set(PARAMETER_SETS["paper"]), name
+    paper = PARAMETER_SETS["paper"]
+    assert (paper["loss"], paper["lr"], paper["epochs"], paper["batch_size"]) == ("bce", 1e-4, 5, 16)
+    assert paper["foreground_fraction"] is None and paper["schedule"] == "constant"
+    assert paper["unet_weights"] == "imagenet" and paper["spacing_mm"] == 1.0
+
+
+def test_every_set_has_real_data_settings_that_layer_over_it():
+    from mstt_lib.params import REAL_DATA, real_data_params
+
+    assert set(REAL_DATA) == set(PARAMETER_SETS)
+    for name in PARAMETER_SETS:
+        assert real_data_params(name)["modalities"] == ("T1",)
 
 
 def test_unknown_set_lists_the_valid_ones():
@@ -37,7 +50,7 @@ def test_relative_folders_resolve_against_the_project_root(tmp_path, monkeypatch
 
 
 def test_real_data_settings_layer_over_the_set_and_keep_none_values():
-    from mstt_lib.params import REAL_DATA, real_data_params
+    from mstt_lib.params import real_data_params
 
     params = real_data_params("smoke")
     assert params["modalities"] == ("T1",)
@@ -45,7 +58,6 @@ def test_real_data_settings_layer_over_the_set_and_keep_none_values():
     assert params["cases_per_tissue"] is None and PARAMETER_SETS["smoke"]["cases_per_tissue"] == 5
     assert params["cohort"].name == "sts-ibsi-t1" and params["cohort"].is_absolute()
     assert real_data_params("smoke", epochs=9)["epochs"] == 9
-    assert set(REAL_DATA) == {"smoke", "paper"}
     with pytest.raises(ValueError, match="epoch"):
         real_data_params("smoke", epoch=1)
 

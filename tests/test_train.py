@@ -1,5 +1,7 @@
 """Training: a tiny configuration overfits, resuming gives the same weights, clear errors."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 from mstt_lib.io import save_nifti
 from mstt_lib.slices import SliceCache, build_cache
-from mstt_lib.train import TrainSettings, augmentations, resolve_device, train
+from mstt_lib.train import TrainSettings, augmentations, resolve_device, sample_rows, train
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +121,66 @@ def test_asking_for_cuda_without_it_is_a_clear_error():
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_foreground_sampling_mixes_tumour_free_slices_in_the_asked_proportion():
+    rows = pd.DataFrame(
+        {"case_id": "A", "plane": "axial", "index": range(100), "tumour_voxels": [50] * 10 + [0] * 90}
+    )
+    paper = sample_rows(rows, 20, None, None, seed=0, epoch=0)
+    assert len(paper) == 10 and (paper["tumour_voxels"] > 20).all()  # tumour slices only, each once
+    assert sorted(paper["index"]) == list(range(10))
+    mixed = sample_rows(rows, 20, 0.5, 2000, seed=0, epoch=0)
+    share = (mixed["tumour_voxels"] > 20).mean()
+    # half forced onto tumour, the other half uniform over all slices (10 % tumour): 0.55 expected
+    assert 0.5 < share < 0.6, share
+    assert mixed.equals(sample_rows(rows, 20, 0.5, 2000, seed=0, epoch=0))  # reproducible
+    assert not mixed.equals(sample_rows(rows, 20, 0.5, 2000, seed=0, epoch=1))  # a new draw per epoch
+    none_forced = sample_rows(rows, 20, 0.0, 2000, seed=0, epoch=0)
+    assert (none_forced["tumour_voxels"] > 20).mean() < 0.15
+
+
+def test_poly_schedule_best_checkpoint_and_the_run_record(cache, tmp_path):
+    cases = cache.case_ids
+    settings = TrainSettings(
+        **{**TINY, "lr": 3e-2},  # a rate high enough that validation Dice goes up and down
+        epochs=6,
+        augment=False,
+        samples_per_epoch=16,
+        foreground_fraction=0.5,
+        schedule="poly",
+        keep="best",
+    )
+    history = train(settings, cache, cases[:2], cases[2:], tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    steps = settings.steps_per_epoch(0) * 6
+    # the learning rate decayed to (1 - (steps - 1) / steps) ** 0.9 of its start at the last step
+    assert state["optimiser"]["param_groups"][0]["lr"] == pytest.approx(3e-2 * (1 / steps) ** 0.9)
+    best_epoch = int(history.loc[history["val_dice"].idxmax(), "epoch"])
+    assert state["best"]["epoch"] == best_epoch
+    kept = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert all(torch.equal(kept[k], best[k]) for k in kept)
+    if best_epoch != 6:  # then the kept weights are not the last ones
+        assert any(not torch.equal(kept[k], state["model"][k]) for k in kept)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["steps"] == steps and record["epochs"] == 6
+    assert record["samples_seen"] == steps * TINY["batch_size"]
+    assert record["weights"] == "random initialisation" and record["device"] == "cpu"
+    assert record["kept"] == f"best (epoch {best_epoch})"
+    assert list(history["steps"]) == [settings.steps_per_epoch(0) * (e + 1) for e in range(6)]
+
+
+def test_a_minutes_budget_sets_the_epochs_and_a_resumed_run_keeps_them(cache, tmp_path):
+    cases = cache.case_ids
+    settings = TrainSettings(**TINY, epochs=1, augment=False, samples_per_epoch=16, train_minutes=0.05)
+    history = train(settings, cache, cases[:2], cases[2:], tmp_path / "run", progress=False)
+    budget = json.loads((tmp_path / "run" / "budget.json").read_text())
+    assert budget["epochs"] == len(history) >= 1 and budget["step_seconds"] > 0
+    if budget["epochs"] > 1:  # more than the minimum only when the measured speed allows it
+        assert budget["epochs"] * budget["steps_per_epoch"] * budget["step_seconds"] <= 0.05 * 60
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["train_minutes_budget"] == 0.05 and record["epochs"] == budget["epochs"]
+    # started again (as after an interruption), it keeps the length it was given
+    again = train(settings, cache, cases[:2], cases[2:], tmp_path / "run", progress=False)
+    assert len(again) == budget["epochs"]

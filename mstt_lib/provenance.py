@@ -1,0 +1,100 @@
+"""Where a number comes from: the caption line under every table and figure of the book.
+
+Each training run writes ``run.json`` (``mstt_lib.train``): the steps it took, its
+minutes and device, and the weights it started from. A caption is read from those
+files, never from fixed text, so a book built with another set or budget says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SMALL_BUDGET_SETS",
+    "run_record",
+    "runs_summary",
+    "caption",
+    "record_parameter_set",
+    "runs_by_set",
+]
+
+# Sets that demonstrate the pipeline at a small budget rather than aim at the best numbers.
+SMALL_BUDGET_SETS = ("smoke",)
+
+_MODEL_NAMES = {"unet": "U-Net", "litemedsam": "LiteMedSAM"}
+
+
+def run_record(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``run.json`` (its budget and weights), with its folder name."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the run in {Path(run_dir).name} has not finished")
+    return {"run": Path(run_dir).name, **json.loads(path.read_text())}
+
+
+def _weights(record: dict) -> str:
+    if record["weights_sha256"] is None:
+        return "random initialisation"
+    name = Path(record["weights"]).name
+    return f"weights {name} (SHA-256 {record['weights_sha256'][:12]})"
+
+
+def runs_summary(run_dirs: Iterable[str | os.PathLike]) -> str:
+    """One phrase per model: its runs' steps, minutes, device and starting weights."""
+    records = [run_record(folder) for folder in run_dirs]
+    if not records:
+        return "no trained runs"
+    phrases = []
+    for model in dict.fromkeys(r["model"] for r in records):
+        mine = [r for r in records if r["model"] == model]
+        steps = sorted({r["steps"] for r in mine})
+        minutes = [r["train_minutes"] for r in mine]
+        devices = sorted({r["device"] for r in mine})
+        name = _MODEL_NAMES.get(model, model)
+        if mine[0].get("encoder"):
+            name += f" ({mine[0]['encoder']})"
+        step_text = str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+        budget = f"{step_text} steps of {mine[0]['batch_size']}"
+        if mine[0].get("train_minutes_budget"):
+            budget += f" (a {mine[0]['train_minutes_budget']:g}-minute budget)"
+        weights = sorted({_weights(r) for r in mine})
+        phrases.append(
+            f"{name}: {len(mine)} run{'s' * (len(mine) > 1)}, {budget}, "
+            f"{min(minutes):.1f}-{max(minutes):.1f} min each on {'/'.join(devices)}, {'; '.join(weights)}"
+            if len(mine) > 1
+            else f"{name}: {budget}, {minutes[0]:.1f} min on {devices[0]}, {weights[0]}"
+        )
+    return "; ".join(phrases)
+
+
+def caption(params: dict[str, Any], run_dirs: Iterable[str | os.PathLike], extra: str = "") -> str:
+    """The provenance line: parameter set, training budget and weights (and inference settings)."""
+    text = f"Source: set `{params['set']}`; {runs_summary(run_dirs)}"
+    if extra:
+        text += f"; {extra}"
+    if params["set"] in SMALL_BUDGET_SETS:
+        text += ". A small CPU budget: this demonstrates the pipeline, not the best these models can do"
+    return f"*{text}.*"
+
+
+def record_parameter_set(run_dir: str | os.PathLike, params: dict[str, Any]) -> None:
+    """``parameter_set.json`` in a run folder: the named set and every value it had."""
+    from mstt_lib.io import atomic_path
+
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}
+    with atomic_path(Path(run_dir) / "parameter_set.json") as tmp:
+        tmp.write_text(json.dumps(values, indent=1, default=str))
+
+
+def runs_by_set(run_dirs: Iterable[str | os.PathLike]) -> dict[str, list[dict[str, Any]]]:
+    """The runs' records grouped by the parameter set each was trained with."""
+    sets: dict[str, list[dict]] = {}
+    for folder in run_dirs:
+        path = Path(folder) / "parameter_set.json"
+        name = json.loads(path.read_text()).get("set", "unknown") if path.is_file() else "unknown"
+        sets.setdefault(name, []).append(run_record(folder))
+    return sets
