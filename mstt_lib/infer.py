@@ -306,17 +306,34 @@ def predict_batch(
 
 
 def _otsu(values: np.ndarray) -> float:
-    """Otsu's threshold of intensities (their minimum when they are all equal)."""
-    from skimage.filters import threshold_otsu
+    """Otsu's threshold of intensities (256 bins); where a range of thresholds separates the two
+    classes equally well (a clean gap), the middle of that range."""
+    counts, edges = np.histogram(values, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    below = np.cumsum(counts)[:-1].astype(np.float64)
+    above = counts.sum() - below
+    if not (below > 0).any() or not (above > 0).any():
+        return float(edges[0])
+    moment = np.cumsum(counts * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = below * above * (moment[:-1] / below - (moment[-1] - moment[:-1]) / above) ** 2
+    between = np.nan_to_num(between)
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float((edges[best[0] + 1] + edges[best[-1] + 1]) / 2)
 
-    low, high = float(values.min()), float(values.max())
-    return low if high <= low else float(threshold_otsu(values, nbins=256))
+
+BODY_LEVEL_CAP = 0.15
+"""Highest intensity (of images min-max normalised to [0, 1]) that may count as air: without air in
+the field of view Otsu separates tissues instead, and dim tissue must not count as empty."""
 
 
 def body_levels(volume: np.ndarray) -> np.ndarray:
-    """Per channel of a (C, X, Y, Z) volume, the intensity above which a voxel may be body:
-    half the Otsu threshold between air and tissue (air noise lies well below it)."""
-    return np.array([_otsu(np.asarray(channel, dtype=np.float32)) / 2 for channel in volume])
+    """Per channel of a (C, X, Y, Z) volume, the intensity above which a voxel may be body: half
+    the Otsu threshold between air and tissue (air noise lies well below it), at most
+    ``BODY_LEVEL_CAP``."""
+    return np.array(
+        [min(_otsu(np.asarray(channel, dtype=np.float32)) / 2, BODY_LEVEL_CAP) for channel in volume]
+    )
 
 
 def empty_slices(volume: np.ndarray, plane: str, levels: np.ndarray | None = None) -> np.ndarray:
