@@ -22,9 +22,9 @@ thresholded at 0 (probability 0.5), as the authors' code does.
 Slices whose 2.5D input holds no body (every voxel of every channel below half the
 volume's Otsu threshold between air and tissue, per channel) are not run through the model;
 they get the background logit ``EMPTY_LOGIT``. Everything runs under
-``torch.inference_mode``; on a GPU in mixed precision and channels-last; on the CPU in
-float32 unless asked otherwise (``bfloat16``, ``channels_last``): see
-``benchmarks/results.md`` for what they measured.
+``torch.inference_mode`` and channels-last; on a GPU in mixed precision, on a CPU with native
+bfloat16 (``cpu_bfloat16``) under bfloat16 autocast, elsewhere in float32; ``bfloat16`` and
+``channels_last`` override this (``benchmarks/results.md`` has what each measured).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ __all__ = [
     "load_run",
     "fixed_input_size",
     "inference_threads",
+    "cpu_bfloat16",
     "set_inference_threads",
     "tta_transforms",
     "predict_batch",
@@ -127,6 +128,16 @@ def set_inference_threads() -> None:
         torch.set_num_threads(inference_threads())
 
 
+def cpu_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there, bfloat16 autocast
+    ran 1.5-2 x faster than float32 and left Dice within 0.001 (``benchmarks/bench_inference.py``);
+    elsewhere it is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
 
 
@@ -177,8 +188,8 @@ class _Runner:
         self.device = device
         self.max_pixels = max(1, int(max_pixels))
         cuda = device.type == "cuda"
-        self.channels_last = cuda if channels_last is None else bool(channels_last)
-        bfloat16 = False if bfloat16 is None else bool(bfloat16)
+        self.channels_last = True if channels_last is None else bool(channels_last)
+        bfloat16 = cpu_bfloat16() if bfloat16 is None else bool(bfloat16)
         self.autocast = (
             dict(device_type="cuda", enabled=True)
             if cuda
@@ -285,8 +296,8 @@ def predict_batch(
 
     ``images`` (B, C, H, W) may have any H and W: a fully convolutional model gets them padded
     to its stride, a fixed-input model (LiteMedSAM) resized to its input and back.
-    ``bfloat16`` (autocast) and ``channels_last`` apply on the CPU; on a GPU mixed precision and
-    channels-last are on by default.
+    ``bfloat16`` (CPU autocast; None: where the CPU has it natively) and ``channels_last`` (None:
+    on) choose the arithmetic; on a GPU, mixed precision (float16 autocast) is always on.
     """
     combos = _combos(tta)
     device = images.device
