@@ -8,6 +8,10 @@ The real data: the 29 T1 cases of the IBSI export of TCIA Soft-tissue-Sarcoma
 test-time augmentation and planes) on a fresh 30-case synthetic cohort (6 per tissue) with
 one modality, T2, so that both see 3 channels and no registration. Every stage runs into a
 fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` on a GPU.
+
+``--recipes`` compares the set's training recipe with the paper's (``dataset.paper_recipe``)
+on the same folds, per case with a Wilcoxon signed-rank test; ``--minutes 15 30 60`` does so
+at equal CPU budgets in total (each of the five fold runs gets a fifth, as ``train_minutes``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import yaml
 from _record import PeakMemory, record
 
 from mstt_lib import dataset
-from mstt_lib.analysis import bootstrap_ci
+from mstt_lib.analysis import bootstrap_ci, paired_comparison
 from mstt_lib.params import REAL_DATA, real_data_params
 
 SAME_BUDGET = (
@@ -32,6 +36,9 @@ SAME_BUDGET = (
     "batch_size",
     "lr",
     "loss",
+    "foreground_fraction",
+    "schedule",
+    "keep",
     "spacing_mm",
     "image_size",
     "encoder",
@@ -77,6 +84,38 @@ def summary(results, name: str, seconds: float, peak: float) -> list[tuple[str, 
     ]
 
 
+def compare_recipes(real: dict, minutes: float | None) -> list[tuple[str, str, str]]:
+    """The set's recipe and the paper's on the same folds at the same budget: Dice per case."""
+    import pandas as pd
+
+    budget_params = real if minutes is None else {**real, "train_minutes": minutes / len(real["folds"])}
+    label = "same steps" if minutes is None else f"{minutes:g} CPU-minutes of training in total"
+    scored = {}
+    rows = []
+    recipes = (("set recipe", budget_params), ("paper recipe", dataset.paper_recipe(budget_params)))
+    for name, params in recipes:
+        results, seconds, peak = cross_validate(params)
+        scored[name] = results.assign(model=name)
+        rows += summary(results, f"{name}, {label}", seconds, peak)
+        rows.append(
+            (
+                f"{name}, {label}: Dice per case",
+                ", ".join(f"{r.case_id} {r.dice:.2f}" for r in results.sort_values("case_id").itertuples()),
+                "",
+            )
+        )
+    test = paired_comparison(pd.concat(scored.values()), "set recipe", "paper recipe")
+    rows.append(
+        (
+            f"set recipe - paper recipe, {label}",
+            f"median Dice difference {test['median_difference']:+.3f} over {test['n']} cases, "
+            f"Wilcoxon p = {test['p_value']:.2g}",
+            "",
+        )
+    )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", default="smoke", choices=sorted(REAL_DATA))
@@ -84,6 +123,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--recipes", action="store_true", help="the set's recipe against the paper's")
+    parser.add_argument("--minutes", nargs="*", type=float, default=None, help="total CPU budgets")
     parser.add_argument(
         "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter (YAML value)"
     )
@@ -94,6 +135,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mstt-bench-") as work:
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
         rows.append(("training budget", budget(real), ""))
+        if args.recipes:
+            if not Path(real["cohort"]).is_dir():
+                raise SystemExit(f"no real data at {real['cohort']}: give --sts-dir")
+            for minutes in args.minutes or [None]:
+                rows += compare_recipes(real, minutes)
+            record(f"Real data: the {args.set} set's recipe against the paper's, same folds and budget", rows)
+            return
         if not args.skip_real:
             if not Path(real["cohort"]).is_dir():
                 raise SystemExit(f"no real data at {real['cohort']}: give --sts-dir")

@@ -5,7 +5,9 @@ chosen planes, test-time augmentation, plane fusion), the prediction is written 
 native T2 grid (``<case>.nii.gz`` and ``<case>_probability.nii.gz``), and one row of
 ``metrics.csv`` holds the metrics of ``mstt_lib.metrics`` on the native grid plus the
 Dice on the isotropic grid (``dice_iso``, where the authors computed theirs) and the
-seconds spent per plane. Cases already scored are skipped, so a stopped evaluation resumes.
+seconds spent per plane. Cases already scored are skipped, so a stopped evaluation resumes;
+rows scored by an older inference (``inference`` column below ``INFERENCE_VERSION``) are
+scored again.
 """
 
 from __future__ import annotations
@@ -19,14 +21,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mstt_lib.infer import load_run, predict_volume, to_native, write_prediction
+from mstt_lib.infer import load_run, predict_volume, set_inference_threads, to_native, write_prediction
 from mstt_lib.io import atomic_path, load_nifti, read_volume
 from mstt_lib.metrics import dice, evaluate_case
 from mstt_lib.slices import PLANES, SliceCache
 
-__all__ = ["evaluate_run", "METRICS_FILE"]
+__all__ = ["evaluate_run", "METRICS_FILE", "INFERENCE_VERSION"]
 
 METRICS_FILE = "metrics.csv"
+INFERENCE_VERSION = 2
+"""Of ``mstt_lib.infer``'s results: 2 is whole slices (no crop to ``image_size``), skipped empty slices."""
 
 
 def evaluate_run(
@@ -45,9 +49,11 @@ def evaluate_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / METRICS_FILE
     rows = pd.read_csv(metrics_file).to_dict("records") if metrics_file.is_file() else []
+    rows = [r for r in rows if r.get("inference") == INFERENCE_VERSION]  # older inference: again
     done = {r["case_id"] for r in rows}
     model, params, _ = load_run(run_dir, device)
     size = int(params["image_size"])
+    set_inference_threads()
     todo = [r for r in cases.to_dict("records") if r["case_id"] not in done]
     for row in tqdm(todo, desc=f"evaluating {Path(run_dir).name}", unit="case", disable=not progress):
         case_id = row["case_id"]
@@ -71,6 +77,7 @@ def evaluate_run(
                 **scores,
                 "dice_iso": dice(logits > 0, np.asarray(mask_iso) > 0),
                 "seconds": seconds,
+                "inference": INFERENCE_VERSION,
                 **{f"seconds_{plane}": t for plane, t in timings.items()},
             }
         )

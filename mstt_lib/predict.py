@@ -35,18 +35,31 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from mstt_lib.cohort import CaseProblem, CohortError, read_cases, read_cohort, validate_cases
-from mstt_lib.infer import TTA_MODES, load_run, predict_volume, to_native, write_prediction
+from mstt_lib.ensemble import resolve_runs
+from mstt_lib.infer import (
+    TTA_MODES,
+    load_run,
+    predict_volume,
+    set_inference_threads,
+    to_native,
+    write_prediction,
+)
 from mstt_lib.io import atomic_path, command_errors, describe_error
-from mstt_lib.slices import PLANES, preprocess_case
+from mstt_lib.postprocess import apply as postprocess
+from mstt_lib.slices import PLANES, preprocess_read, read_case
 from mstt_lib.train import resolve_device
 
-__all__ = ["RunFolderError", "read_input", "load_runs", "predict_folder", "main"]
+__all__ = ["RunFolderError", "read_input", "load_runs", "predict_folder", "main", "STAGES"]
 
 log = logging.getLogger(__name__)
+
+STAGES = ("read", "register", "preprocess", "infer", "write")
+"""The stages whose seconds ``predictions.csv`` lists per case (``seconds_<stage>``)."""
 
 
 class RunFolderError(ValueError):
@@ -133,6 +146,10 @@ def predict_folder(
     if not run_dirs:
         raise ValueError("give at least one trained run folder")
     torch_device = resolve_device(device)
+    try:  # ensemble folders stand for their fold runs and carry their post-processing
+        run_dirs, postprocessing = resolve_runs(run_dirs)
+    except (OSError, ValueError) as error:
+        raise RunFolderError(str(error)) from None
     loaded = load_runs(run_dirs, torch_device)
     output_dir = _writable_folder(Path(output_dir).resolve())  # resolved: stage files name absolute paths
     models = [model for model, _, _ in loaded]
@@ -148,36 +165,61 @@ def predict_folder(
     status.update({p.case_id: f"error: {p}" for p in problems})
     reference = "t2" if "T2" in settings.modalities else "t1"
     native = dict(zip(todo["case_id"], todo[reference], strict=True))
+    register_seconds = 0.0  # a T1-only (or T2-only) run needs no registration
     if len(todo) and {"T1", "T2"} <= set(settings.modalities):
         folder = output_dir / ".registration"
+        started = time.perf_counter()
         quality = register_cohort(todo, folder, RegistrationSettings(), workers=workers, progress=progress)
+        register_seconds = (time.perf_counter() - started) / len(todo)  # the cohort's wall time, shared
         status.update(
             {r.case_id: f"registration {r.status}" for r in quality.itertuples() if r.status != "ok"}
         )
         todo = read_cohort(folder)[0] if (quality["status"] == "ok").any() else todo.iloc[:0]
+    seconds: dict[str, dict[str, float]] = {}
+    set_inference_threads()
     for row in tqdm(todo.to_dict("records"), desc="predicting", unit="case", disable=not progress):
         case_id = row["case_id"]
-        started = time.perf_counter()
+        clock = [time.perf_counter()]  # the end of each stage, in order
         try:
-            case = preprocess_case(pd.Series({**row, "mask": None, "native": native[case_id]}), settings)
+            read = read_case(pd.Series({**row, "mask": None, "native": native[case_id]}), settings)
+            clock.append(time.perf_counter())
+            case = preprocess_read(read, settings)
+            clock.append(time.perf_counter())
             timings: dict = {}
             logits = predict_volume(
                 models, case["image"], planes, tta, size, batch_size, torch_device, timings
             )
-            probability, _ = to_native(logits, case["affine"], case["native_shape"], case["native_affine"])
+            clock.append(time.perf_counter())
+            probability, mask = to_native(logits, case["affine"], case["native_shape"], case["native_affine"])
             meta = {
                 "runs": [str(d) for d in run_dirs],
                 "tta": tta,
                 "planes": list(planes),
+                "postprocessing": postprocessing,
                 "seconds_per_plane": timings,
             }
-            write_prediction(output_dir, case_id, probability, case["native_affine"], meta)
+            write_prediction(
+                output_dir,
+                case_id,
+                probability,
+                case["native_affine"],
+                meta,
+                mask=postprocess(mask, postprocessing),
+            )
+            clock.append(time.perf_counter())  # write: back to the native grid, and the files
         except Exception as error:  # one case's failure is its status; the other cases still run
             log.debug("case %s failed", case_id, exc_info=True)
             status[case_id] = f"error: {describe_error(error)}"
             continue
-        status[case_id] = f"ok ({time.perf_counter() - started:.1f} s)"
+        read_s, preprocess_s, infer_s, write_s = np.diff(clock)
+        stages = dict(
+            read=read_s, register=register_seconds, preprocess=preprocess_s, infer=infer_s, write=write_s
+        )
+        seconds[case_id] = {stage: round(float(value), 3) for stage, value in stages.items()}
+        status[case_id] = f"ok ({sum(stages.values()):.1f} s)"
     table = pd.DataFrame(sorted(status.items()), columns=["case_id", "status"])
+    for stage in STAGES:  # seconds per stage of the cases segmented now (empty for the others)
+        table[f"seconds_{stage}"] = [seconds.get(c, {}).get(stage) for c in table["case_id"]]
     with atomic_path(output_dir / "predictions.csv") as tmp:
         table.to_csv(tmp, index=False)
     return table

@@ -44,6 +44,8 @@ __all__ = [
     "fit_to_size",
     "restore_size",
     "preprocess_case",
+    "read_case",
+    "preprocess_read",
     "build_cache",
     "open_cache",
     "SliceCache",
@@ -132,6 +134,69 @@ def _path(row, key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def read_case(row: pd.Series, settings: CacheSettings = CacheSettings()) -> dict:
+    """Read from disk what ``preprocess_case`` needs (its first half, timed apart by ``mstt-predict``).
+
+    Returns ``case_id``, the ``grid`` source (shape, affine), ``images`` ({modality: (data,
+    affine)}), the native ``mask`` data (or None) and its ``mask_path``, and the native grid.
+    """
+    case_id = row["case_id"]
+    first = next((m for m in ("T2", "T1") if m in settings.modalities), settings.modalities[0])
+    grid_path = _path(row, "mask") or _path(row, first.lower())
+    if grid_path is None:
+        raise CaseFileError(case_id, None, f"missing modality {first} for preprocessing")
+    grid_image = load_nifti(grid_path, case_id)
+    images = {}
+    for modality in settings.modalities:
+        path = _path(row, modality.lower())
+        if path is None:
+            raise CaseFileError(case_id, None, f"missing modality {modality} for preprocessing")
+        image = load_nifti(path, case_id)
+        images[modality] = (read_volume(image, case_id), image.affine)
+    mask_path = _path(row, "mask")
+    native_image = load_nifti(_path(row, "native") or _path(row, "native_mask") or grid_path, case_id)
+    return {
+        "case_id": case_id,
+        "grid": (tuple(grid_image.shape), grid_image.affine),
+        "images": images,
+        "mask": read_volume(grid_image, case_id) if mask_path else None,
+        "mask_path": mask_path,
+        "native_shape": tuple(native_image.shape),
+        "native_affine": native_image.affine,
+        "native_spacing": tuple(float(s) for s in native_image.header.get_zooms()[:3]),
+    }
+
+
+def preprocess_read(case: dict, settings: CacheSettings = CacheSettings()) -> dict:
+    """``preprocess_case``'s second half: resample and normalise what ``read_case`` read."""
+    grid_shape, grid_affine = case["grid"]
+    shape, affine = isotropic_grid(grid_shape, grid_affine, settings.spacing_mm)
+    channels = []
+    for modality in settings.modalities:
+        data, source_affine = case["images"][modality]
+        data = resample_array(data, source_affine, shape, affine, order=1)
+        channels.append(normalise_intensity(data, settings.low_percentile, settings.high_percentile))
+    mask = None
+    if case["mask"] is not None:
+        native_mask = case["mask"]
+        mask = resample_mask(native_mask, grid_affine, shape, affine)
+        if not mask.any():
+            raise CaseFileError(
+                case["case_id"],
+                case["mask_path"],
+                f"mask is empty after resampling to {settings.spacing_mm} mm "
+                f"({int((native_mask > 0).sum())} voxel(s) on the native grid)",
+            )
+    return {
+        "image": np.stack(channels),
+        "mask": mask,
+        "affine": affine,
+        "native_shape": case["native_shape"],
+        "native_affine": case["native_affine"],
+        "native_spacing": case["native_spacing"],
+    }
+
+
 def preprocess_case(row: pd.Series, settings: CacheSettings = CacheSettings()) -> dict:
     """Resample a registered case to the isotropic grid and normalise its images.
 
@@ -142,41 +207,7 @@ def preprocess_case(row: pd.Series, settings: CacheSettings = CacheSettings()) -
     The grid covers the mask's field of view, or the reference image's (T2, else T1).
     A mask that is empty after resampling is an error.
     """
-    case_id = row["case_id"]
-    first = next((m for m in ("T2", "T1") if m in settings.modalities), settings.modalities[0])
-    grid_path = _path(row, "mask") or _path(row, first.lower())
-    if grid_path is None:
-        raise CaseFileError(case_id, None, f"missing modality {first} for preprocessing")
-    grid_image = load_nifti(grid_path, case_id)
-    shape, affine = isotropic_grid(grid_image.shape, grid_image.affine, settings.spacing_mm)
-    channels = []
-    for modality in settings.modalities:
-        path = _path(row, modality.lower())
-        if path is None:
-            raise CaseFileError(case_id, None, f"missing modality {modality} for preprocessing")
-        image = load_nifti(path, case_id)
-        data = resample_array(read_volume(image, case_id), image.affine, shape, affine, order=1)
-        channels.append(normalise_intensity(data, settings.low_percentile, settings.high_percentile))
-    mask = None
-    if _path(row, "mask"):
-        native_mask = read_volume(grid_image, case_id)
-        mask = resample_mask(native_mask, grid_image.affine, shape, affine)
-        if not mask.any():
-            raise CaseFileError(
-                case_id,
-                row["mask"],
-                f"mask is empty after resampling to {settings.spacing_mm} mm "
-                f"({int((native_mask > 0).sum())} voxel(s) on the native grid)",
-            )
-    native_image = load_nifti(_path(row, "native") or _path(row, "native_mask") or grid_path, case_id)
-    return {
-        "image": np.stack(channels),
-        "mask": mask,
-        "affine": affine,
-        "native_shape": tuple(native_image.shape),
-        "native_affine": native_image.affine,
-        "native_spacing": tuple(float(s) for s in native_image.header.get_zooms()[:3]),
-    }
+    return preprocess_read(read_case(row, settings), settings)
 
 
 # ---------------------------------------------------------------------------

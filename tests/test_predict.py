@@ -17,7 +17,7 @@ import torch
 
 from mstt_lib.models import build_model
 from mstt_lib.phantom import PhantomSettings, generate_cohort
-from mstt_lib.predict import main, predict_folder, read_input
+from mstt_lib.predict import STAGES, main, predict_folder, read_input
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,34 @@ def test_no_run_or_an_unfinished_run_is_a_clear_error(cohort, tmp_path):
         predict_folder([], cohort, tmp_path)
     with pytest.raises(FileNotFoundError, match="not a finished training run"):
         predict_folder([tmp_path], cohort, tmp_path / "out")
+
+
+def test_predictions_csv_lists_each_cases_seconds_per_stage(run_dir, cohort, tmp_path):
+    out = tmp_path / "out"
+    predict_folder([run_dir], cohort, out, tta="none", planes=("axial",), workers=1, progress=False)
+    table = pd.read_csv(out / "predictions.csv")
+    assert [f"seconds_{s}" for s in STAGES] == [c for c in table if c.startswith("seconds_")]
+    for stage in STAGES:  # T1 and T2: registered, so every stage took time
+        assert (table[f"seconds_{stage}"] > 0).all(), stage
+    again = predict_folder([run_dir], cohort, out, workers=1, progress=False)
+    assert again["seconds_infer"].isna().all()  # done earlier: nothing measured now
+
+
+def test_a_t1_only_run_is_not_registered(run_dir, cohort, tmp_path):
+    t1_run = tmp_path / "t1-run"
+    t1_run.mkdir()
+    torch.manual_seed(0)
+    torch.save(build_model("unet", 3, "resnet18").state_dict(), t1_run / "model.pt")
+    (t1_run / "params.json").write_text((run_dir / "params.json").read_text())
+    preprocessing = json.loads((run_dir / "preprocessing.json").read_text())
+    preprocessing["modalities"], preprocessing["channels"] = ["T1"], preprocessing["channels"][:3]
+    (t1_run / "preprocessing.json").write_text(json.dumps(preprocessing))
+    out = tmp_path / "out"
+    table = predict_folder([t1_run], cohort, out, tta="none", planes=("axial",), workers=1, progress=False)
+    assert table["status"].str.startswith("ok").all(), table
+    assert (table["seconds_register"] == 0).all() and not (out / ".registration").exists()
+    t1 = nib.load(cohort / pd.read_csv(cohort / "cohort.csv")["t1"].iloc[0])
+    assert nib.load(out / f"{table['case_id'].iloc[0]}.nii.gz").shape == t1.shape  # on the T1 grid
 
 
 # ---------------------------------------------------------------------------
