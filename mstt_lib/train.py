@@ -119,8 +119,19 @@ def augmentations(size: int):
 class SliceDataset(torch.utils.data.Dataset):
     """2.5D samples of the slice cache as (image (C, H, W), mask (1, H, W)) float tensors."""
 
-    def __init__(self, cache: SliceCache, rows: pd.DataFrame, size: int, augment: bool, seed: int = 0):
+    def __init__(
+        self,
+        cache: SliceCache,
+        rows: pd.DataFrame,
+        size: int,
+        augment: bool,
+        seed: int = 0,
+        resize: bool = False,
+    ):
         self.cache = cache
+        # A fixed-input model (LiteMedSAM) sees each slice resized to size x size, as at
+        # inference (``mstt_lib.infer``); the U-Net sees crops at the slice's own scale.
+        self.resize = resize
         self.rows = list(rows[["case_id", "plane", "index"]].itertuples(index=False, name=None))
         self.size = size
         self.transform = augmentations(size) if augment else None
@@ -135,7 +146,16 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         case_id, plane, index = self.rows[i]
-        if self.transform is None:
+        if self.resize:
+            image, mask = self.cache.sample(case_id, plane, int(index), None)
+            image, mask = _resized(image, mask, self.size)
+            if self.transform is not None:
+                self.transform.set_random_seed(
+                    int(np.random.SeedSequence([self.seed, self.epoch, i]).generate_state(1)[0])
+                )
+                out = self.transform(image=np.ascontiguousarray(image.transpose(1, 2, 0)), mask=mask)
+                image, mask = out["image"].transpose(2, 0, 1), out["mask"]
+        elif self.transform is None:
             image, mask = self.cache.sample(case_id, plane, int(index), (self.size, self.size))
         else:
             image, mask = self.cache.sample(case_id, plane, int(index), None)
@@ -149,6 +169,22 @@ class SliceDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)), torch.from_numpy(
             np.ascontiguousarray(mask, dtype=np.float32)[None]
         )
+
+
+def _resized(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (C, H, W) sample bilinearly and its mask by nearest neighbour to (size, size)."""
+    import torch.nn.functional as F
+
+    image_t = F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(image, np.float32))[None],
+        (size, size),
+        mode="bilinear",
+        align_corners=False,
+    )[0]
+    mask_t = F.interpolate(
+        torch.from_numpy(np.ascontiguousarray(mask, np.float32))[None, None], (size, size), mode="nearest"
+    )[0, 0]
+    return image_t.numpy(), mask_t.numpy().astype(np.uint8)
 
 
 def mixed_precision(device: torch.device) -> torch.dtype | None:
@@ -314,8 +350,9 @@ def train(
         if val_cases
         else all_train.iloc[:0]
     )
-    train_data = SliceDataset(cache, all_train, settings.image_size, settings.augment, settings.seed)
-    val_data = SliceDataset(cache, val_rows, settings.image_size, False, settings.seed)
+    resize = settings.model == "litemedsam"
+    train_data = SliceDataset(cache, all_train, settings.image_size, settings.augment, settings.seed, resize)
+    val_data = SliceDataset(cache, val_rows, settings.image_size, False, settings.seed, resize)
     val_loader = torch.utils.data.DataLoader(val_data, batch_size=settings.batch_size, shuffle=False)
     n_tumour = int((all_train["tumour_voxels"] > settings.min_tumour_voxels).sum())
     if n_tumour == 0:

@@ -432,3 +432,28 @@ def test_usage_errors_exit_2_and_debug_shows_the_traceback(t1_run_dir, cohort, t
     assert plain.stderr.strip().startswith(expected) and len(plain.stderr.strip().splitlines()) == 1
     debug = subprocess.run(command + ["--debug"], capture_output=True, text=True, env=environment)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "RunFolderError" in debug.stderr
+
+
+def test_an_ensemble_folder_predicts_with_its_runs_and_applies_its_post_processing(run_dir, cohort, tmp_path):
+    from scipy import ndimage
+
+    from mstt_lib.postprocess import largest_component, write_choice
+
+    plain_out, ensemble_out = tmp_path / "plain", tmp_path / "ensemble"
+    predict_folder([run_dir], cohort, plain_out, tta="none", planes=("axial",), workers=1, progress=False)
+    ensemble = run_dir.parent / "unet-ensemble-test"
+    ensemble.mkdir(exist_ok=True)
+    (ensemble / "ensemble.json").write_text(json.dumps({"runs": [run_dir.name]}))
+    write_choice(ensemble, {"postprocessing": "largest"})
+    table = predict_folder(
+        [ensemble], cohort, ensemble_out, tta="none", planes=("axial",), workers=1, progress=False
+    )
+    assert table["status"].str.startswith("ok").all(), table
+    several = 0
+    for case_id in table["case_id"]:
+        plain = np.asarray(nib.load(plain_out / f"{case_id}.nii.gz").dataobj) > 0
+        kept = np.asarray(nib.load(ensemble_out / f"{case_id}.nii.gz").dataobj) > 0
+        assert np.array_equal(kept, largest_component(plain))
+        several += ndimage.label(plain, np.ones((3, 3, 3)))[1] > 1
+        assert json.loads((ensemble_out / f"{case_id}.json").read_text())["postprocessing"] == "largest"
+    assert several, "the random model's masks should have more than one piece for this test to bite"

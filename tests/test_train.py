@@ -184,3 +184,19 @@ def test_a_minutes_budget_sets_the_epochs_and_a_resumed_run_keeps_them(cache, tm
     # started again (as after an interruption), it keeps the length it was given
     again = train(settings, cache, cases[:2], cases[2:], tmp_path / "run", progress=False)
     assert len(again) == budget["epochs"]
+
+
+def test_a_fixed_input_model_trains_on_resized_slices_as_it_predicts(cache):
+    """LiteMedSAM's samples are whole slices resized to its input (inference resizes too)."""
+    from mstt_lib.train import SliceDataset
+
+    rows = cache.select(cache.case_ids[:1], ("coronal",), 20)
+    resized = SliceDataset(cache, rows, 64, augment=False, resize=True)
+    image, mask = resized[0]
+    assert image.shape == (6, 64, 64) and mask.shape == (1, 64, 64)
+    original, original_mask = cache.sample(*rows.iloc[0][["case_id", "plane", "index"]], None)
+    assert original.shape[-2:] == (32, 24)  # a coronal slice of the 32 x 32 x 24 volume
+    # the whole slice is there, stretched: the tumour keeps its share of the slice's area
+    assert abs(float(mask.mean()) - float(original_mask.mean())) < 0.02
+    cropped = SliceDataset(cache, rows, 64, augment=True, seed=0, resize=True)
+    assert cropped[0][0].shape == (6, 64, 64)
