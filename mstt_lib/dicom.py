@@ -385,6 +385,10 @@ def _pixels(ds: pydicom.Dataset, path: Path, case_id: str) -> np.ndarray:
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
     except Exception:
         raise DicomError(case_id, path, "RescaleSlope/RescaleIntercept are not numbers") from None
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise DicomError(
+            case_id, path, f"RescaleSlope/RescaleIntercept are not finite ({slope}, {intercept})"
+        )
     values = pixels.astype(np.float64) * slope + intercept
     return values.T.astype(np.float32)
 
@@ -509,6 +513,8 @@ def _roi_polygons(structure: _Structure, number: int, series: Series, case_id: s
                 points = np.asarray([float(v) for v in contour.ContourData], dtype=float)
             except Exception:
                 raise DicomError(case_id, path, "ContourData is missing or not numeric") from None
+            if not np.isfinite(points).all():
+                raise DicomError(case_id, path, "ContourData holds NaN or infinite coordinates")
             if kind != "CLOSED_PLANAR" or points.size < 9 or points.size % 3:
                 skipped += 1
                 continue

@@ -618,6 +618,7 @@ DICOM_EDITS = [
     ("set", "SamplesPerPixel", 3),
     ("set", "NumberOfFrames", 4),
     ("set", "RescaleSlope", "abc"),
+    ("set", "RescaleSlope", "nan"),
     ("set", "Modality", "CT"),
     ("set", "SeriesInstanceUID", "1.2.3"),
     ("set", "PixelRepresentation", 1),
@@ -628,6 +629,7 @@ RTSTRUCT_EDITS = [
     ("remove", "ReferencedFrameOfReferenceSequence"),
     ("set", "Modality", "MR"),
     ("contour", "odd"),
+    ("contour", "nan"),
     ("contour", "empty"),
     ("contour", "far"),
     ("roi-name", "Other"),
@@ -779,16 +781,14 @@ def summary(outcomes: list[Outcome]) -> Counter:
     )
 
 
-# Faults the fuzzer found in mstt_lib.dicom (not this test's module to fix): a NaN rescale slope
-# is converted into a NaN image, and a NaN contour coordinate ends in numpy's ValueError. They are
-# kept out of the fuzzer's draw and pinned here, strictly: fixed, they fail here until unmarked.
+# Faults the fuzzer found in mstt_lib.dicom, now named errors: a NaN rescale slope (was converted
+# into a NaN image) and a NaN contour coordinate (was numpy's ValueError).
 KNOWN_DICOM_FAULTS = [
     ("image", ("set", "RescaleSlope", "nan")),
     ("rtstruct", ("contour", "nan")),
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="mstt_lib.dicom lets a NaN slope or NaN contour point through")
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("where, edit", KNOWN_DICOM_FAULTS, ids=["nan-slope", "nan-contour"])
 def test_known_dicom_faults_end_in_a_named_error(tmp_path, where, edit):
