@@ -44,30 +44,31 @@ def _weights(record: dict) -> str:
 
 
 def runs_summary(run_dirs: Iterable[str | os.PathLike]) -> str:
-    """One phrase per model: its runs' steps, minutes, device and starting weights."""
+    """One phrase per kind of run (model, and budget in minutes when one was set): how many,
+    their steps, minutes, device and starting weights."""
     records = [run_record(folder) for folder in run_dirs]
     if not records:
         return "no trained runs"
     phrases = []
-    for model in dict.fromkeys(r["model"] for r in records):
-        mine = [r for r in records if r["model"] == model]
+    kinds = dict.fromkeys((r["model"], r.get("train_minutes_budget")) for r in records)
+    for model, minutes_budget in kinds:
+        mine = [r for r in records if (r["model"], r.get("train_minutes_budget")) == (model, minutes_budget)]
         steps = sorted({r["steps"] for r in mine})
         minutes = [r["train_minutes"] for r in mine]
-        devices = sorted({r["device"] for r in mine})
+        devices = "/".join(sorted({r["device"] for r in mine}))
         name = _MODEL_NAMES.get(model, model)
         if mine[0].get("encoder"):
             name += f" ({mine[0]['encoder']})"
         step_text = str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
         budget = f"{step_text} steps of {mine[0]['batch_size']}"
-        if mine[0].get("train_minutes_budget"):
-            budget += f" (a {mine[0]['train_minutes_budget']:g}-minute budget)"
-        weights = sorted({_weights(r) for r in mine})
-        phrases.append(
-            f"{name}: {len(mine)} run{'s' * (len(mine) > 1)}, {budget}, "
-            f"{min(minutes):.1f}-{max(minutes):.1f} min each on {'/'.join(devices)}, {'; '.join(weights)}"
-            if len(mine) > 1
-            else f"{name}: {budget}, {minutes[0]:.1f} min on {devices[0]}, {weights[0]}"
-        )
+        if minutes_budget:
+            budget += f" (a {minutes_budget:g}-minute budget)"
+        weights = "; ".join(sorted({_weights(r) for r in mine}))
+        if len(mine) > 1:
+            spent = f"{min(minutes):.1f}-{max(minutes):.1f} min each on {devices}"
+            phrases.append(f"{name}: {len(mine)} runs, {budget}, {spent}, {weights}")
+        else:
+            phrases.append(f"{name}: {budget}, {minutes[0]:.1f} min on {devices}, {weights}")
     return "; ".join(phrases)
 
 

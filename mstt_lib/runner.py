@@ -155,7 +155,9 @@ def write_build_info(out_dir: Path, since: float) -> Path:
         lines = []
         for name, records in runs_by_set(used).items():
             folders = [f for f in used if f.name in {r["run"] for r in records}]
-            lines.append(f"- set `{name}`: {runs_summary(folders)}")
+            for cohort in sorted({f.parent.name for f in folders}):
+                mine = [f for f in folders if f.parent.name == cohort]
+                lines.append(f"- set `{name}`, cohort `{cohort}`: {runs_summary(mine)}")
         text = "This copy of the book was built from these training runs:\n\n" + "\n".join(lines)
         if set(runs_by_set(used)) & set(SMALL_BUDGET_SETS):
             text += (

@@ -202,6 +202,7 @@ def _wait(browser, script, *args, timeout=60):
 # number of pure-red pixels (the second mask's contour colour).
 PIXELS = """
 const img = arguments[0], c = document.createElement('canvas');
+if (!img.complete || img.naturalWidth === 0) return null;  // a new frame is still loading
 c.width = img.naturalWidth; c.height = img.naturalHeight;
 const g = c.getContext('2d'); g.drawImage(img, 0, 0);
 const d = g.getImageData(0, 0, c.width, c.height).data;
@@ -287,7 +288,11 @@ def test_live_viewer_renders_in_jupyterlab_and_its_controls_redraw(tmp_path, chr
                 assert height / width > 2 * natural_height / natural_width
 
         def pixels(plane: str) -> list[int]:
-            return chromium.execute_script(PIXELS, images[plane])
+            deadline = time.monotonic() + 20  # a frame being replaced has no pixels yet
+            while (now := chromium.execute_script(PIXELS, images[plane])) is None:
+                assert time.monotonic() < deadline, f"the {plane} plane's image never finished loading"
+                time.sleep(0.1)
+            return now
 
         def redrawn(plane: str, before: list[int]) -> list[int]:
             deadline = time.monotonic() + 20

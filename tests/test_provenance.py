@@ -1,0 +1,51 @@
+"""Caption lines are read from the runs' own records, and say what budget each run had."""
+
+import json
+
+from mstt_lib.provenance import caption, record_parameter_set, runs_by_set, runs_summary
+
+
+def _run(folder, steps, minutes, budget=None, weights=None):
+    folder.mkdir(parents=True)
+    record = {
+        "model": "unet",
+        "encoder": "resnet18",
+        "weights": weights or "random initialisation",
+        "weights_sha256": None if weights is None else "ab" * 32,
+        "steps": steps,
+        "batch_size": 8,
+        "train_minutes_budget": budget,
+        "train_minutes": minutes,
+        "device": "cpu",
+    }
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_runs_are_summarised_by_model_and_budget_from_their_records(tmp_path):
+    folds = [_run(tmp_path / f"unet-fold{k}", 512, 0.7 + k / 10) for k in range(2)]
+    final = _run(tmp_path / "unet-all", 1312, 1.8, budget=1.5, weights="/w/resnet18.pth")
+    text = runs_summary([*folds, final])
+    assert "U-Net (resnet18): 2 runs, 512 steps of 8, 0.7-0.8 min each on cpu, random initialisation" in text
+    assert "1312 steps of 8 (a 1.5-minute budget), 1.8 min on cpu, weights resnet18.pth (SHA-256 abab" in text
+    assert "budget" not in text.split(";")[0]  # the folds had no minutes budget
+
+
+def test_a_caption_names_the_set_and_says_when_the_budget_is_small(tmp_path):
+    run = _run(tmp_path / "unet-fold0", 384, 0.6)
+    small = caption({"set": "smoke"}, [run], extra="TTA paper")
+    assert small.startswith("*Source: set `smoke`; U-Net") and "TTA paper" in small
+    assert "demonstrates the pipeline" in small
+    assert "demonstrates" not in caption({"set": "paper"}, [run])
+
+
+def test_runs_are_grouped_by_the_parameter_set_they_record(tmp_path):
+    a, b = _run(tmp_path / "a", 10, 0.1), _run(tmp_path / "b", 20, 0.2)
+    record_parameter_set(a, {"set": "smoke", "work_dir": tmp_path})
+    record_parameter_set(b, {"set": "paper"})
+    groups = runs_by_set([a, b])
+    assert {name: [r["run"] for r in records] for name, records in groups.items()} == {
+        "smoke": ["a"],
+        "paper": ["b"],
+    }
+    assert json.loads((a / "parameter_set.json").read_text())["work_dir"] == str(tmp_path)
