@@ -47,8 +47,8 @@ from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 from tqdm import tqdm
 
+from mstt_lib.geometry import LPS_TO_RAS
 from mstt_lib.io import CaseFileError, atomic_path
-from mstt_lib.params import project_root
 
 __all__ = [
     "DicomError",
@@ -60,13 +60,11 @@ __all__ = [
     "output_paths",
     "rasterise",
     "read_series",
-    "shared_data_dir",
 ]
 
 logger = logging.getLogger(__name__)
 
 TABLE_FILE = "dicom_conversion.csv"  # not cohort.csv: the IBSI reader must see the case folders
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GAP_FACTOR = 1.5  # a step this many times the median step means a missing slice
 STEP_TOLERANCE = 0.01  # relative difference allowed between slice steps
 GRID_TOLERANCE = 0.05  # slice origins off the regular grid by this fraction of a voxel: refused
@@ -76,12 +74,6 @@ _GEOMETRY_TAGS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpaci
 
 class DicomError(CaseFileError):
     """A DICOM series or RTSTRUCT that cannot be converted; names the case and the file or folder."""
-
-
-def shared_data_dir() -> Path:
-    """The shared real-data folder: ``$MSTT_SHARED_DATA``, else ``<project root>/../shared/data``."""
-    env = os.environ.get("MSTT_SHARED_DATA")
-    return Path(env) if env else project_root().parent / "shared" / "data"
 
 
 # --------------------------------------------------------------------------- reading DICOM

@@ -60,6 +60,7 @@ from urllib.parse import quote
 import nibabel as nib
 import numpy as np
 
+from mstt_lib.geometry import PLANE_AXIS
 from mstt_lib.io import CaseFileError, atomic_path, case_id_problem, load_nifti, read_volume, save_nifti
 
 __all__ = [
@@ -76,7 +77,6 @@ __all__ = [
     "png_to_slice",
 ]
 
-PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the same as mstt_lib.slices.PLANE_AXIS
 LABEL = "Tumour"
 FROM_NAME = "label"  # the BrushLabels tag's name in the labeling config
 TO_NAME = "image"  # the Image tag's name

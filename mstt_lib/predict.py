@@ -40,6 +40,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mstt_lib.cohort import CaseProblem, CohortError, read_cases, read_cohort, validate_cases
+from mstt_lib.devices import resolve_device
 from mstt_lib.ensemble import resolve_runs
 from mstt_lib.infer import (
     TTA_MODES,
@@ -52,7 +53,6 @@ from mstt_lib.infer import (
 from mstt_lib.io import atomic_path, command_errors, describe_error
 from mstt_lib.postprocess import apply as postprocess
 from mstt_lib.slices import PLANES, preprocess_read, read_case
-from mstt_lib.train import resolve_device
 
 __all__ = ["RunFolderError", "read_input", "load_runs", "predict_folder", "main", "STAGES"]
 

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mstt_lib.phantom import PhantomSettings, generate_cohort
-from mstt_lib.preprocess import (
+from mstt_lib.geometry import (
     field_of_view_overlap,
     has_shear,
     isotropic_grid,
@@ -24,6 +23,7 @@ from mstt_lib.preprocess import (
     resample_array,
     resample_mask,
 )
+from mstt_lib.phantom import PhantomSettings, generate_cohort
 
 CENTRE = np.array([10.0, -20.0, 30.0])  # world centre (mm) of every hand-made grid
 LANDMARK = CENTRE + np.array([3.3, -2.1, 4.7])  # world position (mm) of the landmark blob
