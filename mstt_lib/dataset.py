@@ -277,9 +277,43 @@ def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progres
             # cases: otherwise cross-validation would score the checkpoint it picked with them.
             train_cases, val_cases = _hold_out(train_cases, params["seed"])
         settings = train_settings(params, model, fold)
+        _record_plans(params, folder, cache, settings.image_size, train_cases, val_cases)
         train(settings, cache, train_cases, val_cases, folder, progress=progress)
+    elif not (folder / "plans.json").is_file():  # a run trained before runs recorded their plans
+        registered, _ = registered_cohort(params, progress=progress)
+        ids = sorted(registered.loc[registered["case_id"].isin(cache.case_ids), "case_id"])
+        _record_plans(params, folder, cache, train_settings(params, model, fold).image_size, ids, [])
     record_parameter_set(folder, params)
     return folder
+
+
+def _record_plans(
+    params: dict[str, Any], folder: Path, cache, image_size: int, train_cases, val_cases
+) -> None:
+    """``plans.json`` (``mstt_lib.plans``): what a predictor needs to treat new cases as this run's.
+
+    The data fingerprint hashes the cohort's own files (not the registered copies) of the cases
+    the run learned from; digests are kept in ``<work_dir>/file_hashes.json`` by size and time.
+    """
+    from mstt_lib.plans import data_fingerprint, write_plans
+
+    registered = {"T1", "T2"} <= set(params["modalities"])
+    used = set(train_cases) | set(val_cases)
+    originals = selected_cases(params, progress=False)
+    fingerprint = data_fingerprint(
+        originals[originals["case_id"].isin(used)], cache_file=Path(params["work_dir"]) / "file_hashes.json"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    write_plans(
+        folder,
+        parameter_set=params,
+        registration=registration_settings(params) if registered else None,
+        preprocessing={**cache.manifest["settings"], "channels": cache.manifest["channels"]},
+        image_size=image_size,
+        data=fingerprint,
+        train_cases=train_cases,
+        val_cases=val_cases,
+    )
 
 
 def _hold_out(case_ids: list[str], seed: int, fraction: float = 0.2) -> tuple[list[str], list[str]]:
