@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from nibabel.processing import resample_from_to
 from tqdm import tqdm
 
 from mstt_lib.cohort import TISSUES, _text
+from mstt_lib.geometry import on_grid
 from mstt_lib.io import load_nifti, read_volume
 from mstt_lib.preprocess import normalise_intensity
 
@@ -60,10 +60,8 @@ def _case_statistics(row: pd.Series) -> dict:
         if path is None:
             stats[f"mean_{modality}"] = np.nan
             continue
-        image = load_nifti(path, case_id)
-        if image.shape != mask.shape or not np.allclose(image.affine, mask_image.affine, atol=1e-3):
-            # Through the headers only: registration (notebook 02) corrects the patient's motion.
-            image = resample_from_to(image, (mask.shape, mask_image.affine), order=1)
+        # Through the headers only: registration (notebook 02) corrects the patient's motion.
+        image = on_grid(load_nifti(path, case_id), mask_image)
         data = normalise_intensity(read_volume(image, case_id))
         stats[f"mean_{modality}"] = float(data[mask].mean()) if mask.any() else np.nan
     return stats

@@ -201,7 +201,8 @@ def splits(params: dict[str, Any], cases: pd.DataFrame) -> list[dict[str, list[s
 
 def train_settings(params: dict[str, Any], model: str, fold: int):
     """The ``TrainSettings`` of one (model, fold) run of the set."""
-    from mstt_lib.train import TrainSettings, resolve_device
+    from mstt_lib.devices import resolve_device
+    from mstt_lib.train import TrainSettings
 
     weights = params["unet_weights"] if model == "unet" else params["litemedsam_weights"]
     # Loader processes feed a GPU; on a CPU they would take the model's cores.
@@ -338,8 +339,8 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
     One row per (model, case) with ``fold``, ``tissue``, ``site`` and the files
     ``prediction`` and ``native_mask``; the layout of ``mstt_lib.evaluate``'s ``metrics.csv``.
     """
+    from mstt_lib.devices import resolve_device
     from mstt_lib.evaluate import evaluate_run
-    from mstt_lib.train import resolve_device
 
     cache = slice_cache(params, progress=progress)
     registered, _ = registered_cohort(params, progress=progress)

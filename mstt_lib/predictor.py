@@ -257,7 +257,7 @@ class Predictor:
         workers: int = 2,
         progress: bool = True,
     ):
-        from mstt_lib.train import resolve_device
+        from mstt_lib.devices import resolve_device
 
         self.tta, self.planes = tta, tuple(planes)
         self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)

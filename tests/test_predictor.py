@@ -15,7 +15,6 @@ import torch
 
 from mstt_lib import plans as plans_module
 from mstt_lib.models import build_model
-from mstt_lib.phantom import PhantomSettings, generate_cohort
 from mstt_lib.predictor import Predictor, RunFolderError, find_fold_runs
 from mstt_lib.registration import RegistrationSettings
 
@@ -60,10 +59,8 @@ def _plans(folder: Path, registration, cases: pd.DataFrame | None = None) -> Non
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cohort")
-    generate_cohort(folder, PhantomSettings(n_cases=1, matrix=48, n_slices=8), workers=1, progress=False)
-    return folder
+def cohort(phantom_subset):
+    return phantom_subset(1)  # the first case of the session's cohort (tests/conftest.py)
 
 
 # --------------------------------------------------------------------------- plans.json

@@ -40,7 +40,6 @@ from mstt_lib.dicom.write import (
     convert_patient,
     find_case_inputs,
     output_paths,
-    shared_data_dir,
 )
 
 __all__ = [
@@ -54,5 +53,4 @@ __all__ = [
     "output_paths",
     "rasterise",
     "read_series",
-    "shared_data_dir",
 ]

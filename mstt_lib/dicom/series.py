@@ -25,11 +25,11 @@ import pydicom
 from pydicom import config as pydicom_config
 from pydicom.errors import InvalidDicomError
 
+from mstt_lib.geometry import LPS_TO_RAS
 from mstt_lib.io import CaseFileError
 
 __all__ = ["DicomError", "Series", "read_series", "LPS_TO_RAS"]
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GAP_FACTOR = 1.5  # a step this many times the median step means a missing slice
 STEP_TOLERANCE = 0.01  # relative difference allowed between slice steps
 GRID_TOLERANCE = 0.05  # slice origins off the regular grid by this fraction of a voxel: refused

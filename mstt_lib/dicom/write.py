@@ -29,7 +29,6 @@ from mstt_lib.dicom.series import (
     read_series,
 )
 from mstt_lib.io import atomic_path
-from mstt_lib.params import project_root
 
 __all__ = [
     "TABLE_FILE",
@@ -37,18 +36,11 @@ __all__ = [
     "convert_patient",
     "find_case_inputs",
     "output_paths",
-    "shared_data_dir",
 ]
 
 logger = logging.getLogger(__name__)
 
 TABLE_FILE = "dicom_conversion.csv"  # not cohort.csv: the IBSI reader must see the case folders
-
-
-def shared_data_dir() -> Path:
-    """The shared real-data folder: ``$MSTT_SHARED_DATA``, else ``<project root>/../shared/data``."""
-    env = os.environ.get("MSTT_SHARED_DATA")
-    return Path(env) if env else project_root().parent / "shared" / "data"
 
 
 # --------------------------------------------------------------------------- writing
