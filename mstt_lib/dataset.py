@@ -236,16 +236,18 @@ def train_settings(params: dict[str, Any], model: str, fold: int):
 def run_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
     """``<work_dir>/runs/<cohort>/<model>-fold<k>-<hash>``: one folder per run.
 
-    The hash covers the training settings (except the number of epochs: more epochs
-    continue the same run) and the slice cache the run reads, so changed data or
-    settings never resume an old run.
+    The hash covers the training settings and the slice cache the run reads, so changed
+    data or settings never resume an old run. The number of epochs is left out only at a
+    constant learning rate without a minutes budget, where more epochs continue the run; a
+    decaying schedule is fixed by its length, so another length is another run.
     """
     import hashlib
     import json
     from dataclasses import asdict
 
     settings = asdict(train_settings(params, model, fold))
-    settings.pop("epochs")
+    if _epochs_continue(settings):
+        settings.pop("epochs")
     settings["cache"] = Path(cache.folder).name
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     return Path(params["work_dir"]) / "runs" / cohort_dir(params).name / f"{model}-fold{fold}-{digest}"
@@ -264,7 +266,7 @@ def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progres
     folder = run_dir(params, model, fold, cache)
     if fold == -1:
         folder = folder.with_name(folder.name.replace("-fold-1-", "-all-"))
-    if not (folder / "model.pt").is_file():
+    if _needs_training(folder, train_settings(params, model, fold)):
         registered, _ = registered_cohort(params, progress=progress)
         cases = registered[registered["case_id"].isin(cache.case_ids)]
         if fold == -1:
@@ -314,6 +316,23 @@ def _record_plans(
         train_cases=train_cases,
         val_cases=val_cases,
     )
+
+
+def _epochs_continue(settings: dict[str, Any]) -> bool:
+    """Whether more epochs continue a run (constant rate, no minutes budget), as ``train`` allows."""
+    return settings["schedule"] == "constant" and settings["train_minutes"] is None
+
+
+def _needs_training(folder: Path, settings) -> bool:
+    """No final weights yet, or a continuable run asked for more epochs than it has trained."""
+    import json
+
+    if not (folder / "model.pt").is_file():
+        return True
+    record = folder / "run.json"
+    if not (_epochs_continue(vars(settings)) and record.is_file()):
+        return False
+    return json.loads(record.read_text()).get("epochs", settings.epochs) < settings.epochs
 
 
 def _hold_out(case_ids: list[str], seed: int, fraction: float = 0.2) -> tuple[list[str], list[str]]:
