@@ -277,7 +277,10 @@ def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progres
             train_cases, val_cases = _hold_out(train_cases, params["seed"])
         settings = train_settings(params, model, fold)
         train(settings, cache, train_cases, val_cases, folder, progress=progress)
-    record_parameter_set(folder, params)
+    from mstt_lib.distributed import current_world
+
+    if current_world().main:  # one of torchrun's processes writes it (mstt_lib.distributed)
+        record_parameter_set(folder, params)
     return folder
 
 
