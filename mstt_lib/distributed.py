@@ -16,7 +16,9 @@ backend), or ``python -m mstt_lib.train --devices N ...`` launches torchrun itse
 
 Equality with one process holds for the mean-over-samples losses (``bce``); ``dice_bce``'s
 batch Dice is pooled per process, and an epoch whose samples are not a multiple of the
-global batch ends with a batch that the sampler pads with repeated samples.
+global batch ends with a batch that the sampler pads with repeated samples. Tolerance
+(tests/test_cluster.py): one float32 step's gradients within 1e-4 relative; 12 bfloat16 steps'
+losses within 1% and validation Dice within 0.02.
 """
 
 from __future__ import annotations

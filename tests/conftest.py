@@ -17,7 +17,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 TINY_RUN = {
     "encoder": "resnet18",
     "unet_weights": None,
-    "image_size": 32,
+    "image_size": 64,
     "min_tumour_voxels": 5,
     "batch_size": 4,
     "samples_per_epoch": 16,
