@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _record import ROOT, record  # noqa: E402
-from conftest import library_environment, make_tiny_project  # noqa: E402
+from scale_helpers import library_environment, make_tiny_project  # noqa: E402
 
 
 def main() -> None:

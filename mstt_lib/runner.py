@@ -237,7 +237,8 @@ def run_grid(
     none; a fraction lets small models share a GPU) and ``cpus_per_task`` CPUs; a failed task
     is retried once and resumes from its checkpoint. The shared stages (registration,
     preprocessing) are made first, as Ray tasks per case. Every node must see the project
-    and its work directory at the same path (a shared filesystem). Prints the table of runs.
+    and its work directory at the same path (a shared filesystem). Prints the table of runs
+    and writes it to ``<work_dir>/grid/<set>/runs.csv``.
     """
     from mstt_lib.params import get_params
 
@@ -287,6 +288,8 @@ def run_grid(
             )
             written = run_tasks(_papermill_job, jobs, resources, retries=1, progress=progress, desc="grid")
     table = grid_table(params, models, folds)
+    with atomic_path(out_dir / "runs.csv") as tmp:
+        table.to_csv(tmp, index=False)
     print(table.round(4).to_string(index=False), flush=True)
     return written
 

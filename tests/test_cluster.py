@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_RUN, library_environment
+from scale_helpers import TINY_RUN, library_environment
 
 from mstt_lib.io import save_nifti
 from mstt_lib.slices import SliceCache, build_cache
@@ -175,9 +175,9 @@ def test_without_retries_a_killed_task_fails(cluster, cache, tmp_path):
         tmp_path / "run",
         str(tmp_path / "f"),
     )
-    with pytest.raises(cluster.exceptions.RayError):
+    with pytest.raises(cluster.exceptions.WorkerCrashedError):
         run_tasks(_killed_once_task, [job], {"num_cpus": 1}, retries=0, progress=False)
-    assert not (tmp_path / "run" / "model.pt").exists()
+    assert (tmp_path / "f").is_file() and not (tmp_path / "run" / "model.pt").exists()
 
 
 def test_preprocessing_on_ray_writes_the_files_of_the_process_pool(cluster, cache, tmp_path):
@@ -202,6 +202,25 @@ def test_preprocessing_on_ray_writes_the_files_of_the_process_pool(cluster, cach
         assert (pool / name).read_bytes() == (tasks / name).read_bytes(), name
 
 
+def test_registration_on_ray_writes_the_files_of_the_process_pool(cluster, tiny_project, tmp_path):
+    """ANTs seeded and single-threaded in Ray's workers too (their environment is set first)."""
+    from mstt_lib.cohort import load_cohort
+    from mstt_lib.registration import RegistrationSettings, register_cohort
+
+    _, cohort = tiny_project
+    cases = load_cohort(cohort, progress=False)[0].head(2)
+    settings = RegistrationSettings()
+    tables = {
+        engine: register_cohort(cases, tmp_path / engine, settings, workers=2, progress=False, engine=engine)
+        for engine in ("process", "ray")
+    }
+    pd.testing.assert_frame_equal(tables["process"], tables["ray"])
+    files = sorted(p.relative_to(tmp_path / "process") for p in (tmp_path / "process").rglob("*.nii.gz"))
+    assert len(files) >= 4
+    for name in files:
+        assert (tmp_path / "process" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+
+
 def test_the_grid_command_runs_chapter_4_as_a_ray_task(cluster, tiny_project):
     root, cohort = tiny_project
     address = cluster.get_runtime_context().gcs_address
@@ -214,6 +233,8 @@ def test_the_grid_command_runs_chapter_4_as_a_ray_task(cluster, tiny_project):
     [run] = (root / "work" / "runs" / "tiny").glob("unet-fold0-*")
     assert (run / "model.pt").is_file() and json.loads((run / "run.json").read_text())["epochs"] == 1
     assert run.name in result.stdout and "val_dice" in result.stdout  # the grid's table of runs
+    table = pd.read_csv(root / "work" / "grid" / "smoke" / "runs.csv")
+    assert list(table["run"]) == [run.name] and list(table["epoch"]) == [1]
 
 
 def _train_command(values: dict, launcher: list[str]) -> list[str]:
