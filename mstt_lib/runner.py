@@ -518,6 +518,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
 
+    if args.command == "grid" and args.engine != "ray":
+        for flag, value in (("--address", args.address), ("--gpus-per-task", args.gpus_per_task)):
+            if value is not None:
+                commands.choices["grid"].error(f"{flag} is for --engine ray")
     if args.command in ("run", "book", "grid"):
         import yaml
 

@@ -339,3 +339,29 @@ def test_a_data_parallel_step_equals_the_single_process_step_in_float32(tmp_path
         assert (one[key].float() - two[key].float()).abs().max() <= 1e-4 * scale, key
     # and local batch statistics would not do: the buffers moved by the global batch's statistics
     assert two["encoder.bn1.num_batches_tracked"] == 2
+
+
+def test_the_engine_comes_from_the_environment_and_a_wrong_one_is_named(monkeypatch):
+    from mstt_lib.engines import default_engine, engine_environment, map_cases
+
+    monkeypatch.delenv("MSTT_ENGINE", raising=False)
+    assert default_engine() == "process"
+    with engine_environment("ray"):
+        assert default_engine() == "ray"
+    assert default_engine() == "process"
+    monkeypatch.setenv("MSTT_ENGINE", "dask")
+    with pytest.raises(ValueError, match="MSTT_ENGINE='dask' is not an engine"):
+        default_engine()
+    with pytest.raises(ValueError, match="unknown engine 'threads'"):
+        map_cases(abs, [1], engine="threads")
+    assert map_cases(abs, [-3, 2, -1], workers=2, engine="process", progress=False) == [3, 2, 1]
+
+
+def test_the_grid_refuses_cluster_options_without_ray(capsys):
+    from mstt_lib.runner import main
+
+    for flags in (["--address", "auto"], ["--gpus-per-task", "0.5"]):
+        with pytest.raises(SystemExit) as stop:
+            main(["grid", *flags])
+        assert stop.value.code == 2
+        assert f"{flags[0]} is for --engine ray" in capsys.readouterr().err
