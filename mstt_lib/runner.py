@@ -182,6 +182,7 @@ def _papermill_job(source: Path, target: Path, parameters: dict, kernel: str) ->
     """
     import papermill
 
+    _remove_partial_copies([target])  # left by an attempt whose worker was killed
     with atomic_path(target) as tmp:
         papermill.execute_notebook(
             str(source),
@@ -192,6 +193,13 @@ def _papermill_job(source: Path, target: Path, parameters: dict, kernel: str) ->
             progress_bar=False,
         )
     return target
+
+
+def _remove_partial_copies(targets: Sequence[Path]) -> None:
+    """Remove the temporary files (``atomic_path``'s) of executed copies whose writer was killed."""
+    for target in targets:
+        for partial in Path(target).parent.glob(f".{Path(target).name}.*.tmp.ipynb"):
+            partial.unlink(missing_ok=True)
 
 
 def grid_table(params: dict, models: Sequence[str], folds: Sequence[int]) -> pd.DataFrame:
@@ -286,7 +294,10 @@ def run_grid(
                 f"{resources['num_gpus']:g} GPU(s), {resources['num_cpus']:g} CPU(s) per task) -> {out_dir}",
                 flush=True,
             )
-            written = run_tasks(_papermill_job, jobs, resources, retries=1, progress=progress, desc="grid")
+            try:
+                written = run_tasks(_papermill_job, jobs, resources, progress=progress, desc="grid")
+            finally:
+                _remove_partial_copies([job[1] for job in jobs])
     table = grid_table(params, models, folds)
     with atomic_path(out_dir / "runs.csv") as tmp:
         table.to_csv(tmp, index=False)

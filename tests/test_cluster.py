@@ -229,7 +229,7 @@ def test_the_grid_command_runs_chapter_4_as_a_ray_task(cluster, tiny_project):
     result = subprocess.run(command, cwd=root, env=library_environment(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     executed = root / "work" / "grid" / "smoke" / "04_training-unet-fold0.ipynb"
-    assert executed.is_file()
+    assert executed.is_file() and not list(executed.parent.glob(".*"))  # no partial copy left
     [run] = (root / "work" / "runs" / "tiny").glob("unet-fold0-*")
     assert (run / "model.pt").is_file() and json.loads((run / "run.json").read_text())["epochs"] == 1
     assert run.name in result.stdout and "val_dice" in result.stdout  # the grid's table of runs
@@ -365,3 +365,17 @@ def test_the_grid_refuses_cluster_options_without_ray(capsys):
             main(["grid", *flags])
         assert stop.value.code == 2
         assert f"{flags[0]} is for --engine ray" in capsys.readouterr().err
+
+
+def test_partial_executed_copies_of_killed_grid_tasks_are_removed(tmp_path):
+    from mstt_lib.io import atomic_path
+    from mstt_lib.runner import _remove_partial_copies
+
+    target, other = tmp_path / "04_training-unet-fold0.ipynb", tmp_path / "04_training-unet-fold1.ipynb"
+    writers = [atomic_path(target), atomic_path(other)]  # writers that never returned (worker killed)
+    partial, kept = (writer.__enter__() for writer in writers)
+    assert partial.is_file() and partial.name.startswith(".04_training-unet-fold0.ipynb.")
+    target.write_text("{}")
+    _remove_partial_copies([target])
+    assert not partial.exists() and target.is_file() and kept.is_file()
+    writers[1].__exit__(None, None, None)
