@@ -47,8 +47,14 @@ browser-deps:
 test: install browser-deps book
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg
 
+# The fast loop: the library's tests without building the book, running a chapter or a browser.
+unit: install
+	$(PY) -m pytest tests -m "not book and not browser"
+
+# ruff, and the layer rules of pyproject.toml's [tool.importlinter] (import-linter).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 # JupyterLab in this folder on 127.0.0.1, with its own token; prints the URL. Ctrl-C stops it.
 lab: install

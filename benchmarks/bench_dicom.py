@@ -21,7 +21,8 @@ import nibabel as nib
 import numpy as np
 from _record import PeakMemory, record
 
-from mstt_lib.dicom import convert_patient, shared_data_dir
+from mstt_lib.dicom import convert_patient
+from mstt_lib.params import shared_data_dir
 
 CASES = ("STS_001", "STS_002", "STS_004")
 

@@ -75,7 +75,7 @@ def phantom_case(n_slices: int, noise: float | None = None) -> dict:
     prediction = ndimage.binary_dilation(np.roll(truth, (3, -2), axis=(0, 1)), iterations=1)
     centre = np.array(ndimage.center_of_mass(truth)).round().astype(int)
     prediction[tuple(slice(c + 20, c + 24) for c in centre[:2]) + (slice(centre[2], centre[2] + 2),)] = True
-    canonical = viz._canonical(
+    canonical = viz.case_in_ras(
         {
             "images": {"T1": np.asarray(t1.dataobj, np.float32), "T2": t2.astype(np.float32)},
             "mask": truth.astype(np.uint8),

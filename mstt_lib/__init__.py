@@ -1,8 +1,9 @@
 """mstt_lib: the library behind mstt-book, one module per stage of the MSTT-199 pipeline.
 
-``io`` and ``cohort`` (reading and checking cases), ``phantom`` (the synthetic cohort),
+``io`` and ``cohort`` (reading and checking cases), ``geometry`` (grids, LPS/RAS, resampling,
+planes and display), ``phantom`` (the synthetic cohort),
 ``registration``, ``preprocess``, ``slices`` (2.5D samples and their cache), ``folds``,
-``models`` and ``litemedsam``, ``train``, ``infer`` and ``predict``, ``metrics``,
+``models`` and ``litemedsam``, ``devices``, ``train``, ``infer`` and ``predict``, ``metrics``,
 ``evaluate``, ``analysis``, ``qc`` and ``viz`` (figures and viewers); ``params`` (the named
 parameter sets), ``dataset`` (where each stage keeps its files) and ``runner`` (the book);
 ``engines`` (per-case stages in processes or Ray tasks), ``cluster`` (Ray) and

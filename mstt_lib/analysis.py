@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from nibabel.processing import resample_from_to
 from tqdm import tqdm
 
 from mstt_lib.cohort import TISSUES, _text
+from mstt_lib.geometry import on_grid
 from mstt_lib.io import load_nifti, read_volume
 from mstt_lib.preprocess import normalise_intensity
 
-__all__ = ["site_tissue_counts", "tumour_statistics"]
+__all__ = [
+    "site_tissue_counts",
+    "tumour_statistics",
+    "count_values",
+    "bootstrap_ci",
+    "mean_table",
+    "summary_table",
+    "site_tissue_table",
+    "trend",
+    "paired_comparison",
+]
 
 
 def site_tissue_counts(cases: pd.DataFrame) -> pd.DataFrame:
@@ -50,10 +60,8 @@ def _case_statistics(row: pd.Series) -> dict:
         if path is None:
             stats[f"mean_{modality}"] = np.nan
             continue
-        image = load_nifti(path, case_id)
-        if image.shape != mask.shape or not np.allclose(image.affine, mask_image.affine, atol=1e-3):
-            # Through the headers only: registration (notebook 02) corrects the patient's motion.
-            image = resample_from_to(image, (mask.shape, mask_image.affine), order=1)
+        # Through the headers only: registration (notebook 02) corrects the patient's motion.
+        image = on_grid(load_nifti(path, case_id), mask_image)
         data = normalise_intensity(read_volume(image, case_id))
         stats[f"mean_{modality}"] = float(data[mask].mean()) if mask.any() else np.nan
     return stats
@@ -80,14 +88,39 @@ def tumour_statistics(cases: pd.DataFrame, progress: bool = True) -> pd.DataFram
 # Results: the paper's Tables 2-4 and Figures 7-9, with confidence intervals.
 
 
-def bootstrap_ci(
-    values, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of the finite values and its percentile bootstrap interval.
+def count_values(values) -> dict[str, int]:
+    """How many values a mean can use, as MONAI's ``get_not_nans`` reports them.
 
-    NaN values (e.g. Dice of an empty-empty pair) are left out; no value gives NaNs.
+    ``n_cases``: all values; ``n_scored``: the finite ones; ``n_missed``: the infinite ones (a
+    distance to a tumour that the prediction missed, or to a surface predicted where there is
+    none); the rest are NaN (not defined, e.g. Dice of an empty-empty pair).
     """
     data = np.asarray(values, dtype=float)
+    return {
+        "n_cases": int(data.size),
+        "n_scored": int(np.isfinite(data).sum()),
+        "n_missed": int(np.isinf(data).sum()),
+    }
+
+
+def bootstrap_ci(
+    values,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    misses: float | None = None,
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and its percentile bootstrap interval.
+
+    NaN values (not defined) are left out. An infinite value (a missed tumour's HD95 or ASSD)
+    counts as ``misses`` when that is given (a penalty such as the field of view's diagonal);
+    with ``misses=None`` it is left out too, so report ``count_values`` beside the mean (as
+    ``mean_table`` does): a mean over the scored cases alone flatters a model that misses
+    tumours. No usable value gives NaNs.
+    """
+    data = np.asarray(values, dtype=float)
+    if misses is not None:
+        data = np.where(np.isinf(data), float(misses), data)
     data = data[np.isfinite(data)]
     if data.size == 0:
         return float("nan"), float("nan"), float("nan")
@@ -98,25 +131,55 @@ def bootstrap_ci(
     return float(data.mean()), float(low), float(high)
 
 
-def mean_table(results: pd.DataFrame, by: list[str], metric: str = "dice") -> pd.DataFrame:
-    """n, mean and 95 % bootstrap interval of ``metric`` per group (Tables 2 and 3)."""
+def _how_misses(n_missed: int, misses: float | None) -> str:
+    if n_missed == 0:
+        return "none missed"
+    return "left out of the mean" if misses is None else f"counted as {misses:g}"
+
+
+def _aggregate(values, metric: str, misses: float | None) -> dict:
+    counts = count_values(values)
+    mean, low, high = bootstrap_ci(values, misses=misses)
+    if misses is not None:
+        counts["n_scored"] += counts["n_missed"]  # a penalised miss is in the mean
+    return {
+        **counts,
+        metric: mean,
+        "ci_low": low,
+        "ci_high": high,
+        "misses": _how_misses(counts["n_missed"], misses),
+    }
+
+
+def mean_table(
+    results: pd.DataFrame, by: list[str], metric: str = "dice", misses: float | None = None
+) -> pd.DataFrame:
+    """Mean and 95 % bootstrap interval of ``metric`` per group and overall (Tables 2 and 3).
+
+    Each row says how many cases the group has (``n_cases``), how many the mean is over
+    (``n_scored``) and how many had no finite value because the tumour was missed
+    (``n_missed``: infinite HD95 or ASSD), and in ``misses`` how those entered the figure:
+    left out (``misses=None``) or counted as the penalty ``misses``.
+    """
     rows = []
     for key, group in results.groupby(by, sort=False, dropna=False):
-        mean, low, high = bootstrap_ci(group[metric])
         key = key if isinstance(key, tuple) else (key,)
-        rows.append(
-            {**dict(zip(by, key, strict=True)), "n": len(group), metric: mean, "ci_low": low, "ci_high": high}
-        )
-    overall_mean, overall_low, overall_high = bootstrap_ci(results[metric])
-    table = pd.DataFrame(rows)
-    table.loc[len(table)] = {
-        **{b: "all" for b in by},
-        "n": len(results),
-        metric: overall_mean,
-        "ci_low": overall_low,
-        "ci_high": overall_high,
-    }
-    return table
+        rows.append({**dict(zip(by, key, strict=True)), **_aggregate(group[metric], metric, misses)})
+    rows.append({**{b: "all" for b in by}, **_aggregate(results[metric], metric, misses)})
+    return pd.DataFrame(rows)
+
+
+def summary_table(results: pd.DataFrame, metrics, misses: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per metric over all ``results``: the counts, mean, interval and how misses entered.
+
+    ``misses`` maps a metric to the value its infinite values count as (left out otherwise).
+    """
+    misses = misses or {}
+    rows = []
+    for metric in metrics:
+        row = _aggregate(results[metric], "mean", misses.get(metric))
+        rows.append({"metric": metric, **row})
+    return pd.DataFrame(rows).set_index("metric")
 
 
 def site_tissue_table(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:

@@ -39,9 +39,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from nibabel.processing import resample_from_to
 from tqdm import tqdm
 
+from mstt_lib.geometry import AFFINE_TOLERANCE_MM, on_grid
 from mstt_lib.io import (
     CaseFileError,
     atomic_path,
@@ -76,7 +76,6 @@ MODALITIES = ("T1", "T2")
 CASE_COLUMNS = ["case_id", "tissue", "site", "diagnosis", "annotation_modality", "t1", "t2", "mask"]
 COHORT_FILE = "cohort.csv"
 NNUNET_METADATA = "mstt_cases.csv"
-AFFINE_TOLERANCE_MM = 1e-3
 
 
 @dataclass(frozen=True)
@@ -536,12 +535,7 @@ def write_nnunet(
             read_volume(mask, case_id, np.uint8), mask.affine, out_dir / "labelsTr" / f"{case_id}.nii.gz"
         )
         for channel, modality in enumerate(modalities):
-            image = load_nifti(row[modality.lower()], case_id)
-            same_grid = image.shape == mask.shape and np.allclose(
-                image.affine, mask.affine, atol=AFFINE_TOLERANCE_MM
-            )
-            if not same_grid:
-                image = resample_from_to(image, (mask.shape, mask.affine), order=1)
+            image = on_grid(load_nifti(row[modality.lower()], case_id), mask)
             data = np.asarray(image.dataobj, dtype=np.float32)
             target = out_dir / "imagesTr" / f"{case_id}_{channel:04d}.nii.gz"
             save_nifti(data, mask.affine, target)

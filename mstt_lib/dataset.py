@@ -201,7 +201,8 @@ def splits(params: dict[str, Any], cases: pd.DataFrame) -> list[dict[str, list[s
 
 def train_settings(params: dict[str, Any], model: str, fold: int):
     """The ``TrainSettings`` of one (model, fold) run of the set."""
-    from mstt_lib.train import TrainSettings, resolve_device
+    from mstt_lib.devices import resolve_device
+    from mstt_lib.train import TrainSettings
 
     weights = params["unet_weights"] if model == "unet" else params["litemedsam_weights"]
     # Loader processes feed a GPU; on a CPU they would take the model's cores.
@@ -256,9 +257,11 @@ def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progres
     Fold -1 is the run on every case (``final_run``). The folder also records the
     parameter set (``parameter_set.json``) that the book's captions name.
     """
+    from mstt_lib.distributed import current_world
     from mstt_lib.provenance import record_parameter_set
     from mstt_lib.train import train
 
+    main = current_world().main  # among torchrun's processes only rank 0 writes (mstt_lib.distributed)
     cache = cache or slice_cache(params, progress=progress)
     folder = run_dir(params, model, fold, cache)
     if fold == -1:
@@ -276,12 +279,45 @@ def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progres
             # cases: otherwise cross-validation would score the checkpoint it picked with them.
             train_cases, val_cases = _hold_out(train_cases, params["seed"])
         settings = train_settings(params, model, fold)
+        if main:
+            _record_plans(params, folder, cache, settings.image_size, train_cases, val_cases)
         train(settings, cache, train_cases, val_cases, folder, progress=progress)
-    from mstt_lib.distributed import current_world
-
-    if current_world().main:  # one of torchrun's processes writes it (mstt_lib.distributed)
+    elif main and not (folder / "plans.json").is_file():  # a run trained before runs recorded their plans
+        registered, _ = registered_cohort(params, progress=progress)
+        ids = sorted(registered.loc[registered["case_id"].isin(cache.case_ids), "case_id"])
+        _record_plans(params, folder, cache, train_settings(params, model, fold).image_size, ids, [])
+    if main:
         record_parameter_set(folder, params)
     return folder
+
+
+def _record_plans(
+    params: dict[str, Any], folder: Path, cache, image_size: int, train_cases, val_cases
+) -> None:
+    """``plans.json`` (``mstt_lib.plans``): what a predictor needs to treat new cases as this run's.
+
+    The data fingerprint hashes the cohort's own files (not the registered copies) of the cases
+    the run learned from; digests are kept in ``<work_dir>/file_hashes.json`` by size and time.
+    """
+    from mstt_lib.plans import data_fingerprint, write_plans
+
+    registered = {"T1", "T2"} <= set(params["modalities"])
+    used = set(train_cases) | set(val_cases)
+    originals = selected_cases(params, progress=False)
+    fingerprint = data_fingerprint(
+        originals[originals["case_id"].isin(used)], cache_file=Path(params["work_dir"]) / "file_hashes.json"
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    write_plans(
+        folder,
+        parameter_set=params,
+        registration=registration_settings(params) if registered else None,
+        preprocessing={**cache.manifest["settings"], "channels": cache.manifest["channels"]},
+        image_size=image_size,
+        data=fingerprint,
+        train_cases=train_cases,
+        val_cases=val_cases,
+    )
 
 
 def _hold_out(case_ids: list[str], seed: int, fraction: float = 0.2) -> tuple[list[str], list[str]]:
@@ -307,8 +343,8 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
     One row per (model, case) with ``fold``, ``tissue``, ``site`` and the files
     ``prediction`` and ``native_mask``; the layout of ``mstt_lib.evaluate``'s ``metrics.csv``.
     """
+    from mstt_lib.devices import resolve_device
     from mstt_lib.evaluate import evaluate_run
-    from mstt_lib.train import resolve_device
 
     cache = slice_cache(params, progress=progress)
     registered, _ = registered_cohort(params, progress=progress)

@@ -1,8 +1,9 @@
 """Data-parallel training of one run over several processes: torch.distributed, launched by torchrun.
 
-``torchrun --nproc_per_node N -m mstt_lib.train --params SET --model unet --fold 0`` trains
+``torchrun --nproc_per_node N -m mstt_lib.launch --params SET --model unet --fold 0`` trains
 one (model, fold) run of a parameter set with N processes (one per GPU; on CPUs the gloo
-backend), or ``python -m mstt_lib.train --devices N ...`` launches torchrun itself.
+backend), or ``python -m mstt_lib.launch --devices N ...`` starts torchrun itself
+(``mstt_lib.launch``, the command line, sits above the stages; this module below them).
 ``mstt_lib.train.train`` asks ``current_world()`` who it is:
 
 - each optimizer step's global batch (``batch_size``) is split over the processes by a
@@ -23,9 +24,7 @@ losses within 1% and validation Dice within 0.02.
 
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["World", "current_world", "GlobalBatchNorm2d", "launch_command", "main"]
+__all__ = ["World", "current_world", "GlobalBatchNorm2d", "init_process_group", "launch_command"]
 
 
 class _SummedOverProcesses(torch.autograd.Function):
@@ -169,7 +168,7 @@ def current_world() -> World:
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def _init_process_group(device: str) -> World:
+def init_process_group(device: str) -> World:
     """Join the group torchrun describes in the environment (``WORLD_SIZE`` > 1)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return current_world()
@@ -187,49 +186,6 @@ def launch_command(devices: int, argv: Sequence[str]) -> list[str]:
         "--standalone",
         f"--nproc_per_node={devices}",
         "-m",
-        "mstt_lib.train",
+        "mstt_lib.launch",
         *argv,
     ]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m mstt_lib.train``: train one (model, fold) run of a set, in one process or as
-    one of torchrun's processes; ``--devices N`` starts torchrun with N processes."""
-    import yaml
-
-    from mstt_lib import dataset
-    from mstt_lib.io import command_errors
-    from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, get_params
-
-    parser = argparse.ArgumentParser(prog="python -m mstt_lib.train", description=main.__doc__)
-    parser.add_argument("--params", default=DEFAULT_SET, choices=sorted(PARAMETER_SETS))
-    parser.add_argument("--model", default="unet")
-    parser.add_argument("--fold", type=int, default=0, help="the fold, or -1 for the run on every case")
-    parser.add_argument(
-        "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a set value (YAML)"
-    )
-    parser.add_argument("--devices", type=int, default=None, help="launch torchrun with this many processes")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    args = parser.parse_args(argv)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if args.devices is not None and "WORLD_SIZE" not in os.environ:
-        if args.devices < 1:
-            parser.error(f"--devices must be at least 1, got {args.devices}")
-        rest = [a for i, a in enumerate(argv) if a != "--devices" and (i == 0 or argv[i - 1] != "--devices")]
-        rest = [a for a in rest if not a.startswith("--devices=")]
-        raise SystemExit(subprocess.call(launch_command(args.devices, rest)))
-    with command_errors(parser.prog, args.debug):
-        overrides = {name: yaml.safe_load(value) for name, value in args.p}
-        params = get_params(args.params, **overrides)
-        world = _init_process_group(params["device"])
-        try:
-            if world.main:  # the shared stages once, before the other processes read them
-                dataset.slice_cache(params, progress=False)
-            world.barrier()
-            folder = dataset.train_run(params, args.model, args.fold, progress=world.main)
-            world.barrier()
-        finally:
-            if world.size > 1:
-                dist.destroy_process_group()
-        if world.main:
-            print(f"[mstt_lib.train] {args.model} fold {args.fold}: {folder}", flush=True)

@@ -1,6 +1,7 @@
 """Cross-validation evaluation of one trained run: predict its validation cases, score them.
 
-For each case the run's model segments the preprocessed volume (every slice of the
+For each case the run's model segments the preprocessed volume through
+``mstt_lib.predictor.Predictor`` (as ``mstt-predict`` does: every slice of the
 chosen planes, test-time augmentation, plane fusion), the prediction is written on the
 native T2 grid (``<case>.nii.gz`` and ``<case>_probability.nii.gz``), and one row of
 ``metrics.csv`` holds the metrics of ``mstt_lib.metrics`` on the native grid plus the
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from mstt_lib.infer import load_run, predict_volume, set_inference_threads, to_native, write_prediction
+from mstt_lib.infer import set_inference_threads, write_prediction
 from mstt_lib.io import atomic_path, load_nifti, read_volume
 from mstt_lib.metrics import dice, evaluate_case
 from mstt_lib.slices import PLANES, SliceCache
@@ -51,8 +52,9 @@ def evaluate_run(
     rows = pd.read_csv(metrics_file).to_dict("records") if metrics_file.is_file() else []
     rows = [r for r in rows if r.get("inference") == INFERENCE_VERSION]  # older inference: again
     done = {r["case_id"] for r in rows}
-    model, params, _ = load_run(run_dir, device)
-    size = int(params["image_size"])
+    from mstt_lib.predictor import Predictor
+
+    predictor = Predictor(tta, planes, device, batch_size, progress=progress).load_runs([run_dir])
     set_inference_threads()
     todo = [r for r in cases.to_dict("records") if r["case_id"] not in done]
     for row in tqdm(todo, desc=f"evaluating {Path(run_dir).name}", unit="case", disable=not progress):
@@ -61,9 +63,9 @@ def evaluate_run(
         image, mask_iso = cache.volumes(case_id)
         timings: dict = {}
         started = time.perf_counter()
-        logits = predict_volume([model], np.asarray(image), planes, tta, size, batch_size, device, timings)
+        logits = predictor.logits(np.asarray(image), timings)
         seconds = time.perf_counter() - started
-        probability, prediction = to_native(
+        probability, prediction = predictor.to_grid(
             logits, meta["affine"], meta["native_shape"], meta["native_affine"]
         )
         write_prediction(out_dir, case_id, probability, np.asarray(meta["native_affine"]))
@@ -99,10 +101,11 @@ def evaluate_external(
     """Segment an external cohort with an ensemble of runs (``mstt-predict``) and score it
     against its masks on their native grid (the paper's external STS test)."""
     from mstt_lib.cohort import load_cohort
-    from mstt_lib.predict import predict_folder
+    from mstt_lib.predictor import Predictor
 
     cases, _ = load_cohort(cohort_dir, progress=progress, skip_bad=True)
-    predict_folder(run_dirs, cohort_dir, out_dir, tta, planes, device, progress=progress)
+    predictor = Predictor(tta, planes, device, progress=progress).load_runs(run_dirs)
+    predictor.predict_folder(cohort_dir, out_dir)
     rows = []
     for row in cases.to_dict("records"):
         prediction_file = Path(out_dir) / f"{row['case_id']}.nii.gz"

@@ -148,8 +148,9 @@ def failure_montage(table: pd.DataFrame, per_tissue: int = 1, modality: str | No
     import matplotlib.pyplot as plt
 
     from mstt_lib.cohort import TISSUES
+    from mstt_lib.geometry import display_slice
     from mstt_lib.preprocess import normalise_intensity
-    from mstt_lib.viz import _axial, _canonical, load_case_on_reference_grid, load_mask
+    from mstt_lib.viz import case_in_ras, load_case_on_reference_grid, load_mask
 
     tissues = [
         t for t in (*TISSUES, None) if (table["tissue"].isna() if t is None else table["tissue"] == t).any()
@@ -185,14 +186,14 @@ def failure_montage(table: pd.DataFrame, per_tissue: int = 1, modality: str | No
                 "truth": case["mask"],
                 "prediction": load_mask(row["prediction"], row["case_id"]),
             }
-            canonical = _canonical(case)
+            canonical = case_in_ras(case)
             truth, prediction = canonical["masks"]["truth"], canonical["masks"]["prediction"]
             k = error_slice(prediction, truth)
             name = modality or ("T2" if "T2" in canonical["images"] else next(iter(canonical["images"])))
             image = normalise_intensity(canonical["images"][name])
-            axis.imshow(_axial(image, k), cmap="gray", vmin=0, vmax=1)
+            axis.imshow(display_slice(image, "axial", k), cmap="gray", vmin=0, vmax=1)
             for mask, colour in ((truth, "lime"), (prediction, "red")):
-                plane = _axial(mask, k).astype(float)
+                plane = display_slice(mask, "axial", k).astype(float)
                 if plane.any():
                     axis.contour(plane, [0.5], colors=colour, linewidths=0.9)
             kind = row.get("failure_kind")

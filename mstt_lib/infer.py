@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mstt_lib.geometry import PLANE_AXIS, PLANES, resample_array
 from mstt_lib.io import atomic_path, save_nifti
 from mstt_lib.models import build_model
-from mstt_lib.preprocess import resample_array
-from mstt_lib.slices import PLANE_AXIS, PLANES, CacheSettings, sample_25d
+from mstt_lib.slices import CacheSettings, sample_25d
 
 __all__ = [
     "TTA_MODES",

@@ -25,8 +25,8 @@ Slices and PNG orientation
 
     (coronal slice ``k``: ``png[row, col] == volume[col, k, row]``; sagittal:
     ``png[row, col] == volume[k, col, row]``). With ``flip=True`` both PNG axes are
-    reversed as well (``png = slice.T[::-1, ::-1]``, the view :mod:`mstt_lib.qc` draws
-    of axial slices: anterior up, the patient's right on the left for RAS-ordered
+    reversed as well (``png = slice.T[::-1, ::-1]``, ``mstt_lib.geometry.to_display``: the view
+    every figure and viewer draws: anterior up, the patient's right on the left for RAS-ordered
     volumes). Slice ``k`` (0-based array index) is ``instance_number = k + 1``.
     The plane and flip are written to ``export.json`` and into every task's ``data``,
     so the import inverts exactly what the export did.
@@ -60,6 +60,7 @@ from urllib.parse import quote
 import nibabel as nib
 import numpy as np
 
+from mstt_lib.geometry import PLANE_AXIS, to_display
 from mstt_lib.io import CaseFileError, atomic_path, case_id_problem, load_nifti, read_volume, save_nifti
 
 __all__ = [
@@ -76,7 +77,6 @@ __all__ = [
     "png_to_slice",
 ]
 
-PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}  # the same as mstt_lib.slices.PLANE_AXIS
 LABEL = "Tumour"
 FROM_NAME = "label"  # the BrushLabels tag's name in the labeling config
 TO_NAME = "image"  # the Image tag's name
@@ -124,8 +124,8 @@ def slice_to_png(volume: np.ndarray, index: int, plane: str = "axial", flip: boo
     axis, _, _ = _plane_axes(plane)
     where: list = [slice(None)] * 3
     where[axis] = index
-    image = volume[tuple(where)].T  # a view (np.take copies, slowly for F-ordered volumes)
-    return image[::-1, ::-1] if flip else image
+    image = volume[tuple(where)]  # a view (np.take copies, slowly for F-ordered volumes)
+    return to_display(image) if flip else image.T  # flip: the viewers' radiological display
 
 
 def png_to_slice(image: np.ndarray, plane: str = "axial", flip: bool = False) -> np.ndarray:

@@ -11,6 +11,7 @@ single values; an unknown name or key is an error that lists the valid ones.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = [
     "get_params",
     "real_data_params",
     "project_root",
+    "shared_data_dir",
 ]
 
 DEFAULT_SET = "smoke"
@@ -242,6 +244,12 @@ def project_root() -> Path:
         if (folder / "_config.yml").is_file() and (folder / "mstt_lib").is_dir():
             return folder
     return here
+
+
+def shared_data_dir() -> Path:
+    """The shared real-data folder: ``$MSTT_SHARED_DATA``, else ``<project root>/../shared/data``."""
+    env = os.environ.get("MSTT_SHARED_DATA")
+    return Path(env) if env else project_root().parent / "shared" / "data"
 
 
 def get_params(name: str = DEFAULT_SET, **overrides: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import pandas as pd
 
 from mstt_lib.cohort import COHORT_FILE, TISSUES, write_cohort_table
 from mstt_lib.engines import map_cases
+from mstt_lib.geometry import axis_aligned_affine, euler_rotation, misalignment_matrix
 from mstt_lib.io import atomic_path, save_nifti
 
 __all__ = [
@@ -188,39 +189,6 @@ def plan_cohort(n_cases: int = 199, seed: int = 0) -> pd.DataFrame:
 # Geometry helpers.
 
 
-def _rotation(angles_deg: np.ndarray) -> np.ndarray:
-    """Rotation matrix for rotations about x, then y, then z (degrees)."""
-    ax, ay, az = np.deg2rad(angles_deg)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def misalignment_matrix(truth: pd.Series | dict) -> np.ndarray:
-    """4x4 RAS world matrix taking a point of the T2 scan to where it lies in the T1 scan.
-
-    This is what registering T1 (moving) onto T2 (fixed) should recover: the
-    patient moved by a rotation about ``centre`` plus a shift between the scans.
-    """
-    rotation = _rotation(np.array([truth["rot_x_deg"], truth["rot_y_deg"], truth["rot_z_deg"]]))
-    centre = np.array([truth["centre_x_mm"], truth["centre_y_mm"], truth["centre_z_mm"]])
-    shift = np.array([truth["shift_x_mm"], truth["shift_y_mm"], truth["shift_z_mm"]])
-    matrix = np.eye(4)
-    matrix[:3, :3] = rotation
-    matrix[:3, 3] = centre - rotation @ centre + shift
-    return matrix
-
-
-def _grid_affine(shape, spacing, axcodes: str, centre) -> np.ndarray:
-    """Axis-aligned affine of a grid with the given orientation, centred on ``centre``."""
-    signs = np.array([1.0 if c in "RAS" else -1.0 for c in axcodes])
-    affine = np.eye(4)
-    affine[:3, :3] = np.diag(signs * np.asarray(spacing, dtype=float))
-    affine[:3, 3] = np.asarray(centre) - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2)
-    return affine
-
-
 def _world_points(shape, affine) -> np.ndarray:
     """World coordinates (mm) of every voxel centre, shape (*shape, 3), float32."""
     matrix = affine[:3, :3].astype(np.float32)
@@ -325,9 +293,9 @@ def _draw_anatomy(rng: np.random.Generator, tissue: str, site: str, half_fov: fl
     reach = max(inner - radii[:2].max() * 0.8, 0.0) * rng.uniform(0.35, 0.7)
     centre = np.array([reach * np.cos(angle), reach * np.sin(angle), rng.uniform(-6, 6)])
     if tissue == "Nerve":  # nerves run along the limb
-        rotation = _rotation(np.array([rng.uniform(-10, 10), rng.uniform(-10, 10), 0.0]))
+        rotation = euler_rotation([rng.uniform(-10, 10), rng.uniform(-10, 10), 0.0])
     else:
-        rotation = _rotation(rng.uniform(-30, 30, size=3))
+        rotation = euler_rotation(rng.uniform(-30, 30, size=3))
     chain = np.zeros((0, 4))
     if tissue == "Vascular":  # a serpiginous tangle: spheres along a random walk
         n = int(rng.integers(7, 14))
@@ -542,7 +510,7 @@ def generate_case(case: dict, index: int, settings: PhantomSettings) -> dict:
     half_fov = settings.matrix * t2_spacing[0] / 2
     table_z = rng.uniform(-40, 40)  # where the slab sits along the scanner bore
     centre = np.array([rng.uniform(-5, 5), rng.uniform(-5, 5), table_z])
-    t2_affine = _grid_affine(t2_shape, t2_spacing, "LPS", centre)
+    t2_affine = axis_aligned_affine(t2_shape, t2_spacing, "LPS", centre)
 
     t1_inplane = np.clip(t2_spacing[0] * rng.uniform(0.9, 1.2), 0.5, 0.95)
     t1_spacing = np.array([t1_inplane, t1_inplane, rng.uniform(3.0, 6.0)])
@@ -550,7 +518,7 @@ def generate_case(case: dict, index: int, settings: PhantomSettings) -> dict:
     t1_matrix = int(round(fov_t1 / t1_spacing[0] / 16) * 16)
     t1_slices = int(round(settings.n_slices * t2_spacing[2] / t1_spacing[2]))
     t1_shape = (t1_matrix, t1_matrix, max(t1_slices, 8))
-    t1_affine = _grid_affine(t1_shape, t1_spacing, "RAS", centre + rng.uniform(-3, 3, 3))
+    t1_affine = axis_aligned_affine(t1_shape, t1_spacing, "RAS", centre + rng.uniform(-3, 3, 3))
 
     truth = {
         "case_id": case["case_id"],

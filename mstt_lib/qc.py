@@ -10,8 +10,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from mstt_lib.geometry import display_slice, resample_image, to_display, to_ras
 from mstt_lib.io import load_nifti, read_volume
-from mstt_lib.preprocess import normalise_intensity, resample_image
+from mstt_lib.preprocess import normalise_intensity
 
 __all__ = [
     "checkerboard",
@@ -31,16 +32,14 @@ def checkerboard(a: np.ndarray, b: np.ndarray, tile: int = 16) -> np.ndarray:
     return np.where(((rows // tile) + (columns // tile)) % 2 == 0, a, b)
 
 
-def _display(slice_2d: np.ndarray) -> np.ndarray:
-    return slice_2d.T[::-1, ::-1]  # RAS-ish axial display: anterior up, patient's right on the left
-
-
 def registration_checkerboards(
     original: pd.DataFrame, registered: pd.DataFrame, case_ids: Sequence[str], tile: int = 16
 ) -> plt.Figure:
     """T2/T1 checkerboards before (T1 placed through the headers) and after registration.
 
-    One row per case, at the tumour's largest axial slice of the registered pair's grid.
+    One row per case, at the tumour's largest axial slice of the registered pair's grid,
+    shown as every viewer shows it (``geometry.display_slice``: radiological, anterior up),
+    whatever the orientation of the pair's grid.
     """
     figure, axes = plt.subplots(len(case_ids), 2, figsize=(6.0, 2.9 * len(case_ids)), squeeze=False, dpi=72)
     original = original.set_index("case_id")
@@ -49,14 +48,16 @@ def registration_checkerboards(
         reg = registered.loc[case_id]
         t2_image = load_nifti(reg["t2"], case_id)
         grid = (t2_image.shape, t2_image.affine)
-        t2 = normalise_intensity(read_volume(t2_image, case_id))
-        mask = read_volume(load_nifti(reg["mask"], case_id)) > 0
+        t2, _ = to_ras(normalise_intensity(read_volume(t2_image, case_id)), t2_image.affine)
+        mask, _ = to_ras(read_volume(load_nifti(reg["mask"], case_id)) > 0, t2_image.affine)
         k = int(mask.reshape(-1, mask.shape[2]).sum(0).argmax())
         before = normalise_intensity(resample_image(load_nifti(original.loc[case_id, "t1"], case_id), *grid))
         after = normalise_intensity(read_volume(load_nifti(reg["t1"], case_id), case_id))
         for c, (t1, title) in enumerate(((before, "before"), (after, "after"))):
             axis = axes[r, c]
-            axis.imshow(_display(checkerboard(t2[:, :, k], t1[:, :, k], tile)), cmap="gray", vmin=0, vmax=1)
+            t1, _ = to_ras(t1, t2_image.affine)
+            board = checkerboard(display_slice(t2, "axial", k), display_slice(t1, "axial", k), tile)
+            axis.imshow(board, cmap="gray", vmin=0, vmax=1)
             axis.set_xticks([])
             axis.set_yticks([])
             if r == 0:
@@ -104,7 +105,8 @@ def voxel_spacings(cases: pd.DataFrame, modalities: Sequence[str] = ("T1", "T2")
 
 def sample_gallery(cache, samples: pd.DataFrame, channel_names: Sequence[str], size=(256, 256)) -> plt.Figure:
     """Each row a 2.5D sample: every channel, then the centre channel of the last modality
-    with the tumour mask in green."""
+    with the tumour mask in green, shown as the viewers show a plane (``geometry.to_display``;
+    the 1 mm grid is in RAS order)."""
     n_channels = len(channel_names)
     figure, axes = plt.subplots(
         len(samples),
@@ -118,9 +120,9 @@ def sample_gallery(cache, samples: pd.DataFrame, channel_names: Sequence[str], s
         for c in range(n_channels + 1):
             axis = axes[r, c]
             shown = image[c] if c < n_channels else image[n_channels - 2]
-            axis.imshow(shown.T[::-1], cmap="gray", vmin=0, vmax=1)
+            axis.imshow(to_display(shown), cmap="gray", vmin=0, vmax=1)
             if c == n_channels:
-                axis.contour(mask.T[::-1].astype(float), [0.5], colors="lime", linewidths=0.7)
+                axis.contour(to_display(mask).astype(float), [0.5], colors="lime", linewidths=0.7)
             axis.set_xticks([])
             axis.set_yticks([])
             if r == 0:

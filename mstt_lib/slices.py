@@ -32,8 +32,9 @@ import numpy as np
 import pandas as pd
 
 from mstt_lib.engines import map_cases
+from mstt_lib.geometry import PLANE_AXIS, PLANES, isotropic_grid, resample_array, resample_mask
 from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume
-from mstt_lib.preprocess import isotropic_grid, normalise_intensity, resample_array, resample_mask
+from mstt_lib.preprocess import normalise_intensity
 
 __all__ = [
     "PLANES",
@@ -50,8 +51,6 @@ __all__ = [
     "SliceCache",
 ]
 
-PLANES = ("axial", "coronal", "sagittal")
-PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
 MANIFEST = "manifest.json"
 CACHE_VERSION = 1
 

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mstt_lib.devices import resolve_device
 from mstt_lib.io import atomic_path
 from mstt_lib.models import build_model
 from mstt_lib.slices import PLANES, SliceCache
@@ -201,17 +202,6 @@ def mixed_precision(device: torch.device) -> torch.dtype | None:
 
 def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto``: CUDA when present, else the CPU. Asking for CUDA without it is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {device!r} was asked for but CUDA is not available here; use 'auto' or 'cpu'"
-        )
-    return torch.device(device)
 
 
 def dice_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
@@ -603,9 +593,3 @@ def _validate(model, loader, loss_function, device, precision) -> tuple[float, f
     if not losses:
         return float("nan"), float("nan")
     return float(np.mean(losses)), (numerator / denominator if denominator else 1.0)
-
-
-if __name__ == "__main__":  # torchrun --nproc_per_node N -m mstt_lib.train ... (mstt_lib.distributed)
-    from mstt_lib.distributed import main
-
-    main()

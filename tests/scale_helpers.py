@@ -11,7 +11,7 @@ from mstt_lib.phantom import PhantomSettings, generate_cohort
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
-# Set values for a run of seconds on the tiny cohort: `python -m mstt_lib.train -p NAME VALUE`.
+# Set values for a run of seconds on the tiny cohort: `python -m mstt_lib.launch -p NAME VALUE`.
 TINY_RUN = {
     "encoder": "resnet18",
     "unet_weights": None,

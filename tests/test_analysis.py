@@ -36,8 +36,40 @@ def test_mean_table_gives_each_group_and_the_overall_mean():
         {"model": ["a", "a", "b"], "tissue": ["Fat", "Fat", "Fat"], "dice": [0.2, 0.4, 0.9]}
     )
     table = analysis.mean_table(results, ["model"]).set_index("model")
-    assert table.loc["a", "dice"] == pytest.approx(0.3) and table.loc["a", "n"] == 2
-    assert table.loc["all", "dice"] == pytest.approx(0.5) and table.loc["all", "n"] == 3
+    assert table.loc["a", "dice"] == pytest.approx(0.3) and table.loc["a", "n_cases"] == 2
+    assert table.loc["all", "dice"] == pytest.approx(0.5) and table.loc["all", "n_scored"] == 3
+    assert (table["n_missed"] == 0).all() and (table["misses"] == "none missed").all()
+
+
+def test_a_missed_tumour_is_counted_not_hidden():
+    # Model "a" misses one tumour (HD95 inf); one case has no tumour at all (NaN).
+    results = pd.DataFrame({"model": ["a", "a", "a", "b"], "hd95_mm": [2.0, 4.0, np.inf, np.nan]})
+    table = analysis.mean_table(results, ["model"], "hd95_mm").set_index("model")
+    row = table.loc["a"]
+    assert (row["n_cases"], row["n_scored"], row["n_missed"]) == (3, 2, 1)
+    assert row["hd95_mm"] == pytest.approx(3.0) and row["misses"] == "left out of the mean"
+    assert (table.loc["b", "n_scored"], table.loc["b", "n_missed"]) == (0, 0)
+    assert (table.loc["all", "n_cases"], table.loc["all", "n_missed"]) == (4, 1)
+    penalised = analysis.mean_table(results, ["model"], "hd95_mm", misses=100.0).set_index("model")
+    assert penalised.loc["a", "hd95_mm"] == pytest.approx(106 / 3)
+    assert penalised.loc["a", "n_scored"] == 3 and penalised.loc["a", "misses"] == "counted as 100"
+
+
+def test_bootstrap_counts_a_miss_at_the_penalty_given():
+    assert analysis.bootstrap_ci([1.0, np.inf], misses=3.0)[0] == pytest.approx(2.0)
+    assert analysis.count_values([1.0, np.inf, -np.inf, np.nan]) == {
+        "n_cases": 4,
+        "n_scored": 1,
+        "n_missed": 2,
+    }
+
+
+def test_summary_table_one_row_per_metric():
+    results = pd.DataFrame({"dice": [0.0, 0.8], "hd95_mm": [np.inf, 5.0]})
+    table = analysis.summary_table(results, ["dice", "hd95_mm"], misses={"hd95_mm": 50.0})
+    assert table.loc["dice", "mean"] == pytest.approx(0.4) and table.loc["dice", "n_missed"] == 0
+    assert table.loc["hd95_mm", "mean"] == pytest.approx(27.5) and table.loc["hd95_mm", "n_missed"] == 1
+    assert analysis.summary_table(results, ["hd95_mm"]).loc["hd95_mm", "n_scored"] == 1
 
 
 def test_site_tissue_table_means_and_counts():

@@ -238,7 +238,7 @@ def test_the_grid_command_runs_chapter_4_as_a_ray_task(cluster, tiny_project):
 
 
 def _train_command(values: dict, launcher: list[str]) -> list[str]:
-    command = [sys.executable, "-m", "mstt_lib.train", "--params", "smoke", *launcher]
+    command = [sys.executable, "-m", "mstt_lib.launch", "--params", "smoke", *launcher]
     return command + [x for key, value in values.items() for x in ("-p", key, json.dumps(value))]
 
 
@@ -286,10 +286,10 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_project, tmp_
 
 ONE_STEP = """
 import sys, torch
-from mstt_lib.distributed import current_world, _init_process_group
+from mstt_lib.distributed import current_world, init_process_group
 from mstt_lib.models import build_model
 
-world = _init_process_group("cpu")
+world = init_process_group("cpu")
 torch.manual_seed(0)
 model = build_model("unet", 6, "resnet18", None, "tile")
 generator = torch.Generator().manual_seed(1)

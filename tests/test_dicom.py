@@ -28,6 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, RTStructureSetSt
 from mstt_lib import dicom
 from mstt_lib.dicom import DicomError, convert_collection, convert_patient, rasterise
 from mstt_lib.io import CaseFileError
+from mstt_lib.params import shared_data_dir
 
 # Identifiers planted in every synthetic header; none may reach an output, a log or an error.
 PHI = {
@@ -652,9 +653,9 @@ def test_no_identifier_reaches_outputs_logs_or_messages(tmp_path, caplog, capsys
 
 def test_shared_data_dir_env_override(monkeypatch, tmp_path):
     monkeypatch.setenv("MSTT_SHARED_DATA", str(tmp_path))
-    assert dicom.shared_data_dir() == tmp_path
+    assert shared_data_dir() == tmp_path
     monkeypatch.delenv("MSTT_SHARED_DATA")
-    assert dicom.shared_data_dir().parts[-2:] == ("shared", "data")
+    assert shared_data_dir().parts[-2:] == ("shared", "data")
 
 
 # --------------------------------------------------------------------------- real data (TCIA / IBSI)
@@ -664,7 +665,7 @@ REAL_CASES = ("STS_001", "STS_002", "STS_004")
 
 @pytest.fixture(scope="module")
 def real_conversion(tmp_path_factory):
-    shared = dicom.shared_data_dir()
+    shared = shared_data_dir()
     source = shared / "sts-ibsi-dicom"
     if not all((source / c).is_dir() for c in REAL_CASES) or not (shared / "sts-ibsi-t1").is_dir():
         pytest.skip(f"real STS DICOM data absent: {source} (set MSTT_SHARED_DATA to the shared data folder)")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mstt_lib.geometry import isotropic_grid
 from mstt_lib.infer import (
     EMPTY_LOGIT,
     body_levels,
@@ -18,7 +19,6 @@ from mstt_lib.infer import (
     tta_transforms,
     write_prediction,
 )
-from mstt_lib.preprocess import isotropic_grid
 
 
 class Pointwise(nn.Module):

@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from mstt_lib import lab
+from mstt_lib.geometry import PLANES
 from mstt_lib.runner import main as runner_main
 from mstt_lib.runner import publish_book, run_notebooks
-from mstt_lib.viz import PLANES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "notebooks" / "live_viewer_demo.ipynb"

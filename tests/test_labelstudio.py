@@ -170,11 +170,15 @@ def test_orientation_helpers_invert_each_other():
     assert slice_to_png(volume, 4, "axial", flip=True)[0, 0] == volume[-1, -1, 4]
 
 
-def test_plane_axes_agree_with_the_slice_cache():
-    from mstt_lib.labelstudio import PLANE_AXIS
-    from mstt_lib.slices import PLANE_AXIS as CACHE_PLANE_AXIS
+def test_a_planes_png_shows_the_slice_the_cache_samples_for_that_plane():
+    """An annotation drawn on plane p, slice k lands on the slice the training samples call (p, k)."""
+    from mstt_lib.slices import PLANES, sample_25d
 
-    assert PLANE_AXIS == CACHE_PLANE_AXIS
+    volume = np.random.default_rng(0).random(SHAPE)
+    for plane in PLANES:
+        for index in (1, 3):
+            centre = sample_25d(volume[None], plane, index)[1]  # the sample's middle channel
+            np.testing.assert_array_equal(slice_to_png(volume, index, plane).T, centre, err_msg=plane)
 
 
 def test_results_on_one_slice_are_ored_and_unannotated_slices_are_zero(tmp_path, case):

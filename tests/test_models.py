@@ -54,7 +54,17 @@ def test_unknown_model_and_encoder_list_the_choices():
         build_model("segformer")
     with pytest.raises(ValueError, match="encoder"):
         build_unet(6, "no_such_encoder")
-    assert MODELS == ("unet", "litemedsam")
+    with pytest.raises(ValueError) as info:
+        build_model("segformer")
+    assert all(name in str(info.value) for name in MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_listed_model_builds_and_maps_six_channels_to_one_logit_map(name):
+    model = build_model(name, in_channels=6, encoder="resnet18").eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 6, 256, 256))
+    assert out.shape == (1, 1, 256, 256)
 
 
 def test_imagenet_weights_come_through_the_hub_download_and_are_hashed(tmp_path, monkeypatch):

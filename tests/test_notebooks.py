@@ -68,6 +68,7 @@ def _prefix_copy(tmp_path: Path, source: Path, last_marker_text: str, tamper: bo
     return target
 
 
+@pytest.mark.book
 @pytest.mark.parametrize("tamper", [False, True], ids=["stored", "tampered"])
 def test_changing_a_stored_reference_value_fails_nbval(tmp_path, tamper):
     """Table 1 is a checked output: nbval passes as stored and fails once a count is edited."""
@@ -98,6 +99,7 @@ def test_parameter_cell_names_are_json_serialisable_defaults():
         json.dumps(values)
 
 
+@pytest.mark.book
 def test_real_data_chapter_without_its_data_says_so_and_runs_to_the_end(tmp_path):
     """Where ../shared/data is absent the chapter still executes, with a clear note."""
     import papermill

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -29,15 +30,12 @@ from mstt_lib.phantom import (
     plan_cohort,
 )
 
-SMALL = PhantomSettings(n_cases=5, matrix=64, n_slices=8)
 FILES = ("t1.nii.gz", "t2.nii.gz", "mask.nii.gz")
 
 
 @pytest.fixture(scope="module")
-def cohort_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantom")
-    generate_cohort(out, SMALL, workers=1, progress=False)
-    return out
+def cohort_dir(phantom_dir) -> Path:
+    return phantom_dir  # the session's shared cohort (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +212,9 @@ def test_generated_cohort_is_a_valid_cohort_with_one_case_per_tissue(cohort_dir)
         assert row["annotation_modality"] == ("T1" if row["tissue"] == "Fat" else "T2")
 
 
-def test_same_seed_gives_identical_files(cohort_dir, tmp_path):
+def test_same_seed_gives_identical_files(cohort_dir, tmp_path, phantom_settings):
     # A second run, in parallel this time: a case depends only on (seed, index).
-    generate_cohort(tmp_path, SMALL, workers=2, progress=False)
+    generate_cohort(tmp_path, phantom_settings, workers=2, progress=False)
     _assert_same_arrays(_arrays(cohort_dir), _arrays(tmp_path))
     for name in ("cohort.csv", TRUTH_FILE):
         assert (tmp_path / name).read_text() == (cohort_dir / name).read_text()
@@ -224,9 +222,10 @@ def test_same_seed_gives_identical_files(cohort_dir, tmp_path):
 
 def test_different_seed_gives_different_volumes():
     case = plan_cohort(1).to_dict("records")[0]
-    one = generate_case(case, 0, SMALL)
-    again = generate_case(case, 0, SMALL)
-    other = generate_case(case, 0, PhantomSettings(n_cases=5, seed=1, matrix=64, n_slices=8))
+    small = PhantomSettings(n_cases=5, matrix=64, n_slices=8)  # one case, not a cohort: no fixture
+    one = generate_case(case, 0, small)
+    again = generate_case(case, 0, small)
+    other = generate_case(case, 0, replace(small, seed=1))
     for key in ("T1", "T2", "mask"):
         np.testing.assert_array_equal(one[key][0], again[key][0])
         assert not np.array_equal(one[key][0], other[key][0]), key
@@ -357,14 +356,14 @@ def counted_cases(monkeypatch) -> list[int]:
 
 
 def test_resume_regenerates_only_the_missing_case_and_equals_the_original(
-    cohort_dir, tmp_path, counted_cases
+    cohort_dir, tmp_path, counted_cases, phantom_settings
 ):
     copy = tmp_path / "cohort"
     shutil.copytree(cohort_dir, copy)
     shutil.rmtree(copy / "MSTT_003")
     (copy / "cohort.csv").unlink()
 
-    generate_cohort(copy, SMALL, workers=1, progress=False)
+    generate_cohort(copy, phantom_settings, workers=1, progress=False)
 
     assert counted_cases == [2]  # MSTT_003 is the third case
     _assert_same_arrays(_arrays(cohort_dir), _arrays(copy))
@@ -373,18 +372,18 @@ def test_resume_regenerates_only_the_missing_case_and_equals_the_original(
     assert not list(copy.glob(".*partial"))
 
 
-def test_finished_cohort_is_not_generated_again(cohort_dir, tmp_path, counted_cases):
+def test_finished_cohort_is_not_generated_again(cohort_dir, tmp_path, counted_cases, phantom_settings):
     copy = tmp_path / "cohort"
     shutil.copytree(cohort_dir, copy)
-    assert generate_cohort(copy, SMALL, workers=1, progress=False) == copy / "cohort.csv"
+    assert generate_cohort(copy, phantom_settings, workers=1, progress=False) == copy / "cohort.csv"
     assert counted_cases == []
 
 
-def test_folder_made_with_other_settings_is_refused_untouched(cohort_dir, tmp_path):
+def test_folder_made_with_other_settings_is_refused_untouched(cohort_dir, tmp_path, phantom_settings):
     copy = tmp_path / "cohort"
     shutil.copytree(cohort_dir, copy)
     before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
-    other = PhantomSettings(n_cases=5, seed=1, matrix=64, n_slices=8)
+    other = replace(phantom_settings, seed=1)
     with pytest.raises(ValueError, match="other settings"):
         generate_cohort(copy, other, workers=1, progress=False)
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before

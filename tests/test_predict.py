@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from mstt_lib.models import build_model
-from mstt_lib.phantom import PhantomSettings, generate_cohort
 from mstt_lib.predict import STAGES, main, predict_folder, read_input
 
 
@@ -42,10 +41,8 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("cohort")
-    generate_cohort(folder, PhantomSettings(n_cases=2, matrix=64, n_slices=8), workers=1, progress=False)
-    return folder
+def cohort(phantom_subset):
+    return phantom_subset(2)  # the first two cases of the session's cohort (tests/conftest.py)
 
 
 def test_predictions_are_written_on_each_cases_native_t2_grid_and_reruns_skip_them(run_dir, cohort, tmp_path):

@@ -1,7 +1,7 @@
 """Tests for mstt_lib.registration: T1 onto T2 with ANTs, checked against the phantom's truth.
 
-One small synthetic cohort (2 cases, 128 x 128 x 16 T2 grid) is generated and
-registered once for the module. Its first case is registered onto the T2 grid and
+The first two cases of the session's synthetic cohort (``tests/conftest.py``: 128 x 128 x 16
+T2 grid) are registered once for the module. Its first case is registered onto the T2 grid and
 its second onto the T1 grid (the larger one each time), so both ways of writing
 the pair are covered. Tests that need a broken input write it beside the cohort and
 register into a folder of their own.
@@ -23,8 +23,9 @@ import pandas as pd
 import pytest
 
 from mstt_lib.cohort import read_cohort
+from mstt_lib.geometry import misalignment_matrix
 from mstt_lib.io import save_nifti
-from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort, misalignment_matrix
+from mstt_lib.phantom import TRUTH_FILE
 from mstt_lib.registration import (
     RESULTS_FILE,
     RegistrationSettings,
@@ -33,15 +34,12 @@ from mstt_lib.registration import (
     register_cohort,
 )
 
-SMALL = PhantomSettings(n_cases=2, matrix=128, n_slices=16)
 REGISTERED_FILES = ("t1.nii.gz", "t2.nii.gz", "mask.nii.gz")
 
 
 @pytest.fixture(scope="module")
-def cohort_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantom")
-    generate_cohort(out, SMALL, workers=1, progress=False)
-    return out
+def cohort_dir(phantom_subset) -> Path:
+    return phantom_subset(2)
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,12 @@ realistic tumour masks.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
-from mstt_lib.phantom import PhantomSettings, generate_cohort
-from mstt_lib.preprocess import (
+from mstt_lib.geometry import (
     field_of_view_overlap,
     has_shear,
     isotropic_grid,
@@ -280,13 +277,6 @@ def test_mask_touching_the_first_and_last_slice_keeps_them_after_a_round_trip():
     back = _round_trip(mask, affine)
     assert back[..., 0].any() and back[..., -1].any()
     assert _dice(mask, back) >= 0.95
-
-
-@pytest.fixture(scope="module")
-def phantom_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("phantom")
-    generate_cohort(out, PhantomSettings(n_cases=5, matrix=96, n_slices=16), workers=1, progress=False)
-    return out
 
 
 def test_phantom_tumour_masks_keep_dice_0_95_after_a_round_trip(phantom_dir):

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
+from mstt_lib.devices import resolve_device
 from mstt_lib.io import save_nifti
 from mstt_lib.slices import SliceCache, build_cache
-from mstt_lib.train import TrainSettings, augmentations, resolve_device, sample_rows, train
+from mstt_lib.train import TrainSettings, augmentations, sample_rows, train
 
 
 @pytest.fixture(scope="module")

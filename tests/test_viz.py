@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from mstt_lib import viz
+from mstt_lib.geometry import PLANE_AXIS, PLANES, display_slice
+from mstt_lib.preprocess import normalise_intensity
+from mstt_lib.viz.codec import eight_bit, start_point
 
 
 def _volumes(shape=(7, 5, 4)):
@@ -105,7 +108,7 @@ def test_canonical_reorients_an_lps_volume_to_ras_with_its_spacing():
     volume = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
     affine = np.diag([-1.0, -2.0, 3.0, 1.0])
     case = {"images": {"T2": volume}, "mask": volume > 10, "affine": affine, "case_id": "X"}
-    canonical = viz._canonical(case)
+    canonical = viz.case_in_ras(case)
     np.testing.assert_array_equal(canonical["images"]["T2"], volume[::-1, ::-1, :])
     np.testing.assert_array_equal(canonical["mask"], (volume > 10)[::-1, ::-1, :])
     np.testing.assert_allclose(canonical["spacing"], [1, 2, 3])
@@ -115,7 +118,7 @@ def test_canonical_swaps_spacing_with_permuted_axes():
     volume = np.zeros((4, 3, 2), np.float32)
     affine = np.array([[0, 2.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 3.0, 0], [0, 0, 0, 1]])  # axis 0 is A
     case = {"images": {"T1": volume}, "mask": volume, "affine": affine, "case_id": "X"}
-    canonical = viz._canonical(case)
+    canonical = viz.case_in_ras(case)
     assert canonical["images"]["T1"].shape == (3, 4, 2)
     np.testing.assert_allclose(canonical["spacing"], [2, 1, 3])
 
@@ -181,7 +184,7 @@ def test_render_plane_axial_is_the_radiological_axial_slice_in_grey():
         rgb = viz.render_plane(volume, [], "axial", k)
         assert rgb.shape == (5, 7, 3) and rgb.dtype == np.uint8
         for channel in range(3):
-            np.testing.assert_array_equal(rgb[..., channel], viz._axial(volume, k))
+            np.testing.assert_array_equal(rgb[..., channel], volume[::-1, ::-1, k].T)
 
 
 def test_render_plane_puts_a_voxel_where_the_static_viewer_draws_it():
@@ -204,20 +207,20 @@ def test_render_plane_puts_a_voxel_where_the_static_viewer_draws_it():
 
 def test_live_renderer_paints_contours_exactly_on_each_masks_boundary():
     images, masks = _phantom()
-    volume = viz._eight_bit(images["T2"])
+    volume = eight_bit(images["T2"])
     truth, prediction = masks["ground truth"], masks["prediction"]
     green, red = (0, 255, 0), (255, 0, 0)
     checked = 0
-    for plane, axis in viz.PLANES.items():
+    for plane, axis in PLANE_AXIS.items():
         for index in range(volume.shape[axis]):
             rgb = viz.render_plane(volume, [truth, prediction], plane, index)
-            grey = viz._plane_slice(volume, plane, index)
-            truth_ring = viz.mask_boundary(viz._plane_slice(truth, plane, index))
-            prediction_ring = viz.mask_boundary(viz._plane_slice(prediction, plane, index))
+            grey = display_slice(volume, plane, index)
+            truth_ring = viz.mask_boundary(display_slice(truth, plane, index))
+            prediction_ring = viz.mask_boundary(display_slice(prediction, plane, index))
             painted = _painted(rgb)
             # every painted pixel is on a mask's boundary, and every boundary pixel is painted
             np.testing.assert_array_equal(painted, truth_ring | prediction_ring)
-            assert not np.any(painted & ~(viz._plane_slice(truth | prediction, plane, index)))
+            assert not np.any(painted & ~(display_slice(truth | prediction, plane, index)))
             assert np.all(rgb[prediction_ring] == red)  # the later mask is drawn on top
             assert np.all(rgb[truth_ring & ~prediction_ring] == green)
             for channel in range(3):
@@ -235,11 +238,12 @@ def test_static_viewer_frames_decode_to_the_8_bit_slices_its_config_states():
     assert config["shape"] == [9, 7, 5] and config["names"] == ["T1", "T2"]
     decoded_images, decoded_masks = viz.decode_volume(uris, config)
     for name, decoded in zip(config["names"], decoded_images, strict=True):
-        expected = np.round(viz.normalise_intensity(images[name]) * 255).astype(np.uint8)
+        expected = np.round(normalise_intensity(images[name]) * 255).astype(np.uint8)
         assert decoded.dtype == np.uint8 and decoded.max() == 2 ** config["bits"] - 1
         np.testing.assert_array_equal(decoded, expected)
         for k in range(5):  # and so every displayed slice is the volume's
-            np.testing.assert_array_equal(viz._axial(decoded, k), viz._axial(expected, k))
+            shown = display_slice(decoded, "axial", k)
+            np.testing.assert_array_equal(shown, display_slice(expected, "axial", k))
     for name, decoded in zip(config["maskNames"], decoded_masks, strict=True):
         np.testing.assert_array_equal(decoded, masks[name])
 
@@ -255,11 +259,11 @@ def _decoded(image_widget):
 def test_live_viewer_redraws_on_slider_and_modality_and_links_the_planes():
     images, masks = _phantom()
     viewer = viz.live_viewer(images, (1.0, 1.0, 3.0), masks, title="case")
-    t1, t2 = viz._eight_bit(images["T1"]), viz._eight_bit(images["T2"])
+    t1, t2 = eight_bit(images["T1"]), eight_bit(images["T2"])
     mask_list = list(masks.values())
     point = [viewer.sliders[p].value for p in ("sagittal", "coronal", "axial")]
-    assert point == viz._start_point(mask_list, t1.shape)
-    for plane in viz.PLANES:  # first frames: T1, both contours, crosshair at the point
+    assert point == start_point(mask_list, t1.shape)
+    for plane in PLANES:  # first frames: T1, both contours, crosshair at the point
         np.testing.assert_array_equal(
             _decoded(viewer.planes[plane]),
             viz.render_plane(t1, mask_list, plane, viewer.sliders[plane].value, point=point),
@@ -283,7 +287,7 @@ def test_live_viewer_redraws_on_slider_and_modality_and_links_the_planes():
     axial = viewer.planes["axial"].value
     viewer.modality.value = "T2"
     assert viewer.planes["axial"].value != axial
-    for plane in viz.PLANES:
+    for plane in PLANES:
         np.testing.assert_array_equal(
             _decoded(viewer.planes[plane]),
             viz.render_plane(t2, mask_list, plane, viewer.sliders[plane].value, point=point),
@@ -293,7 +297,7 @@ def test_live_viewer_redraws_on_slider_and_modality_and_links_the_planes():
 def test_live_viewer_mask_and_crosshair_toggles():
     images, masks = _phantom()
     viewer = viz.live_viewer(images, (1.0, 1.0, 3.0), masks)
-    t1 = viz._eight_bit(images["T1"])
+    t1 = eight_bit(images["T1"])
     viewer.crosshair.value = False
     viewer.mask_toggles["prediction"].value = False
     axial = viewer.sliders["axial"].value
@@ -311,7 +315,7 @@ def test_live_viewer_mask_and_crosshair_toggles():
 def test_live_viewer_plane_sizes_follow_the_spacing():
     images, _ = _phantom((12, 10, 6))
     viewer = viz.live_viewer(images, (1.0, 2.0, 4.0), display_px=240)
-    sizes = {p: (int(viewer.planes[p].width), int(viewer.planes[p].height)) for p in viz.PLANES}
+    sizes = {p: (int(viewer.planes[p].width), int(viewer.planes[p].height)) for p in PLANES}
     # extents (mm): x 12, y 20, z 24; the largest (24 mm) is 240 px
     assert sizes == {"axial": (120, 200), "coronal": (120, 240), "sagittal": (200, 240)}
     with pytest.raises(ValueError, match="shape"):
@@ -334,7 +338,7 @@ def test_live_case_viewer_shows_a_case_in_ras_with_its_title(tmp_path):
     viewer = viz.live_case_viewer(row, extra_masks={"prediction": masks["prediction"][::-1, ::-1]})
     assert "MSTT_X · Fat · thigh" in viewer.children[0].value
     assert list(viewer.mask_toggles) == ["ground truth", "prediction"]
-    t1 = viz._eight_bit(images["T1"])
+    t1 = eight_bit(images["T1"])
     point = [viewer.sliders[p].value for p in ("sagittal", "coronal", "axial")]
     np.testing.assert_array_equal(
         _decoded(viewer.planes["axial"]),
@@ -385,10 +389,10 @@ def test_static_viewer_in_chromium_draws_the_planes_render_plane_draws(tmp_path)
             )
         )
         browser.find_element(By.CSS_SELECTOR, "input.mstt-cross").click()  # crosshair off
-        eight_bit = [viz._eight_bit(images["T1"]), viz._eight_bit(images["T2"])]
-        for modality, volume in enumerate(eight_bit):
+        volumes = [eight_bit(images["T1"]), eight_bit(images["T2"])]
+        for modality, volume in enumerate(volumes):
             browser.find_elements(By.CSS_SELECTOR, "input.mstt-modality")[modality].click()
-            for plane in viz.PLANES:
+            for plane in PLANES:
                 figure = browser.find_element(By.CSS_SELECTOR, f"figure.mstt-{plane}")
                 index = int(figure.find_element(By.CSS_SELECTOR, "input[type=range]").get_attribute("value"))
                 width, height, data = browser.execute_script(
