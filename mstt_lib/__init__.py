@@ -7,6 +7,6 @@ planes and display), ``phantom`` (the synthetic cohort),
 ``evaluate``, ``analysis``, ``qc`` and ``viz`` (figures and viewers); ``params`` (the named
 parameter sets), ``dataset`` (where each stage keeps its files) and ``runner`` (the book);
 ``engines`` (per-case stages in processes or Ray tasks), ``cluster`` (Ray) and
-``distributed`` (data-parallel training with torchrun).
+``distributed`` and ``launch`` (data-parallel training with torchrun).
 Modules are imported by name, e.g. ``from mstt_lib import cohort``.
 """
