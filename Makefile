@@ -18,7 +18,7 @@ KERNELSPEC := $(VENV)/share/jupyter/kernels/mstt-book/kernel.json
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,cluster]'
 	touch $(INSTALLED)
 
 $(KERNELSPEC): $(INSTALLED)

@@ -259,9 +259,11 @@ def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progres
     Fold -1 is the run on every case (``final_run``). The folder also records the
     parameter set (``parameter_set.json``) that the book's captions name.
     """
+    from mstt_lib.distributed import current_world
     from mstt_lib.provenance import record_parameter_set
     from mstt_lib.train import train
 
+    main = current_world().main  # among torchrun's processes only rank 0 writes (mstt_lib.distributed)
     cache = cache or slice_cache(params, progress=progress)
     folder = run_dir(params, model, fold, cache)
     if fold == -1:
@@ -279,13 +281,15 @@ def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progres
             # cases: otherwise cross-validation would score the checkpoint it picked with them.
             train_cases, val_cases = _hold_out(train_cases, params["seed"])
         settings = train_settings(params, model, fold)
-        _record_plans(params, folder, cache, settings.image_size, train_cases, val_cases)
+        if main:
+            _record_plans(params, folder, cache, settings.image_size, train_cases, val_cases)
         train(settings, cache, train_cases, val_cases, folder, progress=progress)
-    elif not (folder / "plans.json").is_file():  # a run trained before runs recorded their plans
+    elif main and not (folder / "plans.json").is_file():  # a run trained before runs recorded their plans
         registered, _ = registered_cohort(params, progress=progress)
         ids = sorted(registered.loc[registered["case_id"].isin(cache.case_ids), "case_id"])
         _record_plans(params, folder, cache, train_settings(params, model, fold).image_size, ids, [])
-    record_parameter_set(folder, params)
+    if main:
+        record_parameter_set(folder, params)
     return folder
 
 

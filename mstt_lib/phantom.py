@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from mstt_lib.cohort import COHORT_FILE, TISSUES, write_cohort_table
+from mstt_lib.engines import map_cases
 from mstt_lib.geometry import axis_aligned_affine, euler_rotation, misalignment_matrix
 from mstt_lib.io import atomic_path, save_nifti
 
@@ -594,6 +593,7 @@ def generate_cohort(
     workers: int = 2,
     progress: bool = True,
     replace_stale: bool = False,
+    engine: str | None = None,
 ) -> Path:
     """Write the synthetic cohort in the project layout and return ``cohort.csv``'s path.
 
@@ -601,7 +601,8 @@ def generate_cohort(
     table), ``phantom_truth.csv`` (the recorded T1 misalignment and true tumour
     volume per case) and ``phantom_settings.json``. An interrupted run resumes:
     finished cases are kept. A folder made with other settings (or an older
-    generator) is refused, or emptied and remade when ``replace_stale`` is set.
+    generator) is refused, or emptied and remade when ``replace_stale`` is set. ``engine``: where
+    the cases are made (``mstt_lib.engines``).
     """
     settings = settings or PhantomSettings()
     out_dir = Path(out_dir)
@@ -611,7 +612,7 @@ def generate_cohort(
         existing = json.loads(settings_file.read_text())
         if existing != asdict(settings) and replace_stale:
             shutil.rmtree(out_dir)
-            return generate_cohort(out_dir, settings, workers, progress)
+            return generate_cohort(out_dir, settings, workers, progress, engine=engine)
         if existing != asdict(settings):
             raise ValueError(
                 f"{out_dir} holds a synthetic cohort made with other settings "
@@ -624,12 +625,9 @@ def generate_cohort(
 
     plan = plan_cohort(settings.n_cases, settings.seed)
     jobs = [(row, i, settings, str(out_dir)) for i, row in enumerate(plan.to_dict("records"))]
-    bar = dict(total=len(jobs), desc="synthetic cohort", unit="case", disable=not progress)
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            truths = list(tqdm(pool.map(_write_case, jobs, chunksize=4), **bar))
-    else:
-        truths = [_write_case(job) for job in tqdm(jobs, **bar)]
+    truths = map_cases(
+        _write_case, jobs, workers, engine, progress=progress, desc="synthetic cohort", chunksize=4
+    )
 
     truth = pd.DataFrame(truths)
     with atomic_path(out_dir / TRUTH_FILE) as tmp:

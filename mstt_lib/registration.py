@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from mstt_lib.cohort import write_cohort_table
+from mstt_lib.engines import map_cases
 from mstt_lib.geometry import (
     field_of_view_overlap,
     has_shear,
@@ -289,13 +287,14 @@ def register_cohort(
     truth: pd.DataFrame | None = None,
     workers: int = 2,
     progress: bool = True,
+    engine: str | None = None,
 ) -> pd.DataFrame:
     """Register every case; write ``registration.csv`` and the registered ``cohort.csv``.
 
     Cases already registered into ``out_dir`` with the same settings are reused,
     so an interrupted run resumes. Returns the quality table (one row per case,
     ``status`` "ok", "failed: ..." or "error: ..."); only "ok" cases enter the
-    registered case table.
+    registered case table. ``engine``: where the cases run (``mstt_lib.engines``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -311,13 +310,17 @@ def register_cohort(
         (row, str(out_dir), settings, None if truth_rows is None else truth_rows.loc[row["case_id"]])
         for row in cases.to_dict("records")
     ]
-    bar = dict(total=len(jobs), desc="registration", unit="case", disable=not progress)
     # Fresh processes, so that ANTs starts seeded and single-threaded (see _seeded_ants).
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=max(1, workers), mp_context=context, initializer=_seeded_ants, initargs=(settings.seed,)
-    ) as pool:
-        rows = list(tqdm(pool.map(_register_job, jobs), **bar))
+    rows = map_cases(
+        _register_job,
+        jobs,
+        workers,
+        engine,
+        env=_ants_environment(settings.seed),
+        spawn=True,
+        progress=progress,
+        desc="registration",
+    )
     results = pd.DataFrame(rows)
     with atomic_path(out_dir / RESULTS_FILE) as tmp:
         results.to_csv(tmp, index=False)
@@ -338,5 +341,9 @@ def _seeded_ants(seed: int) -> None:
     ``ANTS_RANDOM_SEED`` (0 means unseeded, hence + 1), and ITK's threads split the
     work differently run to run, so one thread per process (two processes use both cores).
     """
-    os.environ["ANTS_RANDOM_SEED"] = str(seed + 1)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+    os.environ.update(_ants_environment(seed))
+
+
+def _ants_environment(seed: int) -> dict[str, str]:
+    """The environment ``_seeded_ants`` sets, for the worker processes of any engine."""
+    return {"ANTS_RANDOM_SEED": str(seed + 1), "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}

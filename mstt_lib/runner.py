@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
+import pandas as pd
 
 from mstt_lib.io import atomic_path, command_errors
 from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, project_root
@@ -169,17 +170,88 @@ def write_build_info(out_dir: Path, since: float) -> Path:
     return out_dir / BUILD_INFO
 
 
+GRID_ENGINES = ("serial", "ray")
+
+
+def _papermill_job(source: Path, target: Path, parameters: dict, kernel: str) -> Path:
+    """One papermill run of ``source`` into ``target`` (written only when it ran to the end).
+
+    A Ray task of the grid: module-level, so that workers import it rather than unpickle code;
+    run again after a failure, it resumes from the files the first attempt left (the training
+    run's checkpoint).
+    """
+    import papermill
+
+    _remove_partial_copies([target])  # left by an attempt whose worker was killed
+    with atomic_path(target) as tmp:
+        papermill.execute_notebook(
+            str(source),
+            str(tmp),
+            parameters=parameters,
+            kernel_name=kernel,
+            cwd=str(source.parent),
+            progress_bar=False,
+        )
+    return target
+
+
+def _remove_partial_copies(targets: Sequence[Path]) -> None:
+    """Remove the temporary files (``atomic_path``'s) of executed copies whose writer was killed."""
+    for target in targets:
+        for partial in Path(target).parent.glob(f".{Path(target).name}.*.tmp.ipynb"):
+            partial.unlink(missing_ok=True)
+
+
+def grid_table(params: dict, models: Sequence[str], folds: Sequence[int]) -> pd.DataFrame:
+    """The grid's runs, one row each: folder, epochs, steps, last losses and validation Dice,
+    minutes and device, read from the run folders (wherever they were trained)."""
+    import json
+
+    from mstt_lib import dataset
+
+    cache = dataset.slice_cache(params, progress=False)
+    rows = []
+    for model in models:
+        for fold in folds:
+            folder = dataset.run_dir(params, model, int(fold), cache)
+            row = {"model": model, "fold": int(fold), "run": folder.name}
+            if (folder / "history.csv").is_file():
+                last = pd.read_csv(folder / "history.csv").iloc[-1]
+                row.update({k: int(last[k]) for k in ("epoch", "steps")})
+                row.update({k: float(last[k]) for k in ("train_loss", "val_loss", "val_dice")})
+            if (folder / "run.json").is_file():
+                record = json.loads((folder / "run.json").read_text())
+                row.update({k: record.get(k) for k in ("train_minutes", "device", "precision")})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def run_grid(
     param_set: str = DEFAULT_SET,
     kernel: str = "python3",
     parameters: dict | None = None,
     root: Path | None = None,
+    engine: str = "serial",
+    address: str | None = None,
+    gpus_per_task: float | None = None,
+    cpus_per_task: float = 1,
+    progress: bool = True,
 ) -> list[Path]:
-    """Run the training notebook for every (model, fold) of the set, one papermill run each."""
-    import papermill
+    """Run the training notebook for every (model, fold) of the set, one papermill run each.
 
+    ``engine="serial"`` runs them one after another here. ``"ray"`` makes each a Ray task on
+    the cluster at ``address`` (or ``RAY_ADDRESS``; else a local instance on this machine's
+    resources) with ``gpus_per_task`` GPUs (default: one where the cluster has GPUs, else
+    none; a fraction lets small models share a GPU) and ``cpus_per_task`` CPUs; a failed task
+    is retried once and resumes from its checkpoint. The shared stages (registration,
+    preprocessing) are made first, as Ray tasks per case. Every node must see the project
+    and its work directory at the same path (a shared filesystem). Prints the table of runs
+    and writes it to ``<work_dir>/grid/<set>/runs.csv``.
+    """
     from mstt_lib.params import get_params
 
+    if engine not in GRID_ENGINES:
+        raise ValueError(f"unknown grid engine {engine!r}; choose one of {list(GRID_ENGINES)}")
     root = root or project_root()
     source = notebook_paths(root, ["04"])[0]
     parameters = dict(parameters or {})
@@ -189,26 +261,47 @@ def run_grid(
     out_dir.mkdir(parents=True, exist_ok=True)
     models = parameters.pop("models", None) or params["models"]
     folds = parameters.pop("folds", None) or params["folds"]
-    written = []
+    jobs = []
     for model in models:
         for fold in folds:
             target = out_dir / f"{source.stem}-{model}-fold{fold}.ipynb"
+            notebook_parameters = {
+                **parameters,
+                "param_set": param_set,
+                "models": [model],
+                "folds": [int(fold)],
+            }
+            jobs.append((source, target, notebook_parameters, kernel))
+    if engine == "serial":
+        written = []
+        for source, target, notebook_parameters, kernel in jobs:
+            model, fold = notebook_parameters["models"][0], notebook_parameters["folds"][0]
             print(f"[mstt-book] training {model} fold {fold} (set {param_set}) -> {target}", flush=True)
-            with atomic_path(target) as tmp:
-                papermill.execute_notebook(
-                    str(source),
-                    str(tmp),
-                    parameters={
-                        **parameters,
-                        "param_set": param_set,
-                        "models": [model],
-                        "folds": [int(fold)],
-                    },
-                    kernel_name=kernel,
-                    cwd=str(source.parent),
-                    progress_bar=False,
-                )
-            written.append(target)
+            written.append(_papermill_job(source, target, notebook_parameters, kernel))
+    else:
+        from mstt_lib import dataset
+        from mstt_lib.cluster import ray_session, run_tasks, task_options
+        from mstt_lib.engines import engine_environment
+
+        with ray_session(address) as ray:
+            with engine_environment("ray"):  # the shared stages once, their cases spread as tasks
+                dataset.slice_cache(params, progress=progress)
+            resources = task_options(gpus_per_task, cpus_per_task)
+            where = ray.cluster_resources()
+            print(
+                f"[mstt-book] {len(jobs)} training task(s) of set {param_set} on Ray "
+                f"({where.get('CPU', 0):g} CPUs, {where.get('GPU', 0):g} GPUs; "
+                f"{resources['num_gpus']:g} GPU(s), {resources['num_cpus']:g} CPU(s) per task) -> {out_dir}",
+                flush=True,
+            )
+            try:
+                written = run_tasks(_papermill_job, jobs, resources, progress=progress, desc="grid")
+            finally:
+                _remove_partial_copies([job[1] for job in jobs])
+    table = grid_table(params, models, folds)
+    with atomic_path(out_dir / "runs.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    print(table.round(4).to_string(index=False), flush=True)
     return written
 
 
@@ -372,6 +465,17 @@ def store_references(root: Path | None = None) -> list[Path]:
     return changed
 
 
+def _engine_for_kernels(engine: str | None, address: str | None) -> None:
+    """The notebooks' kernels inherit this process's environment: the per-case engine
+    (``mstt_lib.engines``) and the Ray cluster to use reach them so."""
+    from mstt_lib.engines import ENGINE_VARIABLE
+
+    if engine is not None:
+        os.environ[ENGINE_VARIABLE] = engine
+    if address is not None:
+        os.environ["RAY_ADDRESS"] = address
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point: ``mstt-book {run,build,book,references}``."""
     parser = argparse.ArgumentParser(prog="mstt-book", description=__doc__.splitlines()[0])
@@ -386,6 +490,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         command.add_argument("--kernel", default="python3")
         if name != "grid":
             command.add_argument("--only", nargs="*", default=(), help="notebook name prefixes, e.g. 01")
+            command.add_argument(
+                "--engine",
+                choices=("process", "ray"),
+                default=None,
+                help="where per-case stages run: a process pool (default) or Ray tasks",
+            )
+        else:
+            command.add_argument(
+                "--engine", choices=GRID_ENGINES, default="serial", help="one run after another, or Ray tasks"
+            )
+            command.add_argument(
+                "--gpus-per-task",
+                type=float,
+                default=None,
+                help="GPUs of a Ray task, e.g. 0.25 (default: 1 where GPUs exist, else 0)",
+            )
+            command.add_argument("--cpus-per-task", type=float, default=1, help="CPUs of a Ray task")
+        command.add_argument(
+            "--address",
+            default=None,
+            help="a Ray cluster (e.g. auto, or HEAD:6379); default: RAY_ADDRESS or local",
+        )
         command.add_argument(
             "-p",
             nargs=2,
@@ -403,6 +529,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
 
+    if args.command == "grid" and args.engine != "ray":
+        for flag, value in (("--address", args.address), ("--gpus-per-task", args.gpus_per_task)):
+            if value is not None:
+                commands.choices["grid"].error(f"{flag} is for --engine ray")
     if args.command in ("run", "book", "grid"):
         import yaml
 
@@ -415,9 +545,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         with command_errors(parser.prog, args.debug), stopped_cleanly():
             if args.command in ("run", "book"):
+                _engine_for_kernels(args.engine, args.address)
                 run_notebooks(args.params, args.kernel, args.only, parameters)
             if args.command == "grid":
-                run_grid(args.params, args.kernel, parameters)
+                run_grid(
+                    args.params,
+                    args.kernel,
+                    parameters,
+                    engine=args.engine,
+                    address=args.address,
+                    gpus_per_task=args.gpus_per_task,
+                    cpus_per_task=args.cpus_per_task,
+                )
             if args.command in ("build", "book"):
                 print(f"[mstt-book] book built: {build_book() / 'index.html'}")
             if args.command == "references":

@@ -25,14 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from mstt_lib.engines import map_cases
 from mstt_lib.geometry import PLANE_AXIS, PLANES, isotropic_grid, resample_array, resample_mask
 from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume
 from mstt_lib.preprocess import normalise_intensity
@@ -263,12 +262,13 @@ def build_cache(
     workers: int = 2,
     progress: bool = True,
     skip_bad: bool = False,
+    engine: str | None = None,
 ) -> Path:
     """Preprocess every case into ``<cache_root>/<hash>/`` (reused if complete); return the folder.
 
     A case that cannot be preprocessed (e.g. its mask is empty at 1 mm) stops the
     build with its message, or with ``skip_bad`` is left out and listed in the
-    manifest's ``skipped``.
+    manifest's ``skipped``. ``engine``: where the cases run (``mstt_lib.engines``).
     """
     folder = Path(cache_root) / _fingerprint(cases, settings)
     manifest_file = folder / MANIFEST
@@ -282,12 +282,7 @@ def build_cache(
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [(row, str(folder), settings) for row in cases.to_dict("records")]
-    bar = dict(total=len(jobs), desc="preprocessing", unit="case", disable=not progress)
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            metas = list(tqdm(pool.map(_cache_case, jobs), **bar))
-    else:
-        metas = [_cache_case(job) for job in tqdm(jobs, **bar)]
+    metas = map_cases(_cache_case, jobs, workers, engine, progress=progress, desc="preprocessing")
     errors = [m for m in metas if "error" in m]
     if errors and not skip_bad:
         listing = "\n".join(f"  - {m['error']}" for m in errors)

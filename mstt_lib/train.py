@@ -284,9 +284,14 @@ def train(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Train (or resume) one run into ``run_dir``; returns the per-epoch history."""
+    from mstt_lib.distributed import current_world
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(settings.device)
+    # Among torchrun's processes (mstt_lib.distributed): only rank 0 writes files.
+    world = current_world()
+    progress = progress and world.main
+    device = world.place(resolve_device(settings.device))
     if settings.schedule not in ("constant", "poly"):
         raise ValueError(f"unknown schedule {settings.schedule!r}; choose 'constant' or 'poly'")
     if settings.keep not in ("last", "best"):
@@ -302,12 +307,14 @@ def train(
             raise ValueError(
                 f"{run_dir} holds a run with other parameters {sorted(different)}; use another folder"
             )
-    with atomic_path(params_file) as tmp:
-        tmp.write_text(json.dumps(wanted, indent=1))
-    # What a predictor needs to prepare new images the way this run saw them.
-    with atomic_path(run_dir / "preprocessing.json") as tmp:
-        preprocessing = {**cache.manifest["settings"], "channels": cache.manifest["channels"]}
-        tmp.write_text(json.dumps(preprocessing, indent=1))
+    world.barrier()  # every process has compared params.json before rank 0 rewrites it
+    if world.main:
+        with atomic_path(params_file) as tmp:
+            tmp.write_text(json.dumps(wanted, indent=1))
+        # What a predictor needs to prepare new images the way this run saw them.
+        with atomic_path(run_dir / "preprocessing.json") as tmp:
+            preprocessing = {**cache.manifest["settings"], "channels": cache.manifest["channels"]}
+            tmp.write_text(json.dumps(preprocessing, indent=1))
 
     torch.manual_seed(settings.seed)
     model = build_model(
@@ -360,11 +367,10 @@ def train(
             epoch,
         )
         keys = rows[["case_id", "plane", "index"]].itertuples(index=False, name=None)
-        return torch.utils.data.DataLoader(
+        return world.loader(
             torch.utils.data.Subset(train_data, [position[k] for k in keys]),
-            batch_size=settings.batch_size,
-            shuffle=False,
-            num_workers=settings.loader_workers,
+            settings.batch_size,
+            settings.loader_workers,
         )
 
     history: list[dict] = []
@@ -389,20 +395,23 @@ def train(
             )
             # Validation passes cost about a third of a training step per batch.
             epoch_seconds = step_seconds * (steps_per_epoch + len(val_loader) / 3)
-            epochs = max(1, int(settings.train_minutes * 60 // epoch_seconds))
-            with atomic_path(budget_file) as tmp:
-                tmp.write_text(
-                    json.dumps(
-                        {
-                            "train_minutes": settings.train_minutes,
-                            "step_seconds": step_seconds,
-                            "steps_per_epoch": steps_per_epoch,
-                            "epochs": epochs,
-                        },
-                        indent=1,
+            epochs = world.agree(max(1, int(settings.train_minutes * 60 // epoch_seconds)))
+            if world.main:
+                with atomic_path(budget_file) as tmp:
+                    tmp.write_text(
+                        json.dumps(
+                            {
+                                "train_minutes": settings.train_minutes,
+                                "step_seconds": step_seconds,
+                                "steps_per_epoch": steps_per_epoch,
+                                "epochs": epochs,
+                            },
+                            indent=1,
+                        )
                     )
-                )
     total_steps = epochs * steps_per_epoch
+    world.barrier()  # a resumed run: every process has read the checkpoint before it is rewritten
+    trained = world.wrap(model, device)  # the model itself in one process
 
     for epoch in range(start, epochs):
         started = time.perf_counter()
@@ -423,7 +432,7 @@ def train(
             optimiser.zero_grad(set_to_none=True)
             try:
                 with torch.autocast(device.type, dtype=precision, enabled=amp):
-                    loss = loss_function(model(_layout(images, amp)).float(), masks)
+                    loss = loss_function(trained(_layout(images, amp)).float(), masks)
                 scaler.scale(loss).backward()
                 scaler.step(optimiser)
                 scaler.update()
@@ -438,7 +447,7 @@ def train(
             {
                 "epoch": epoch + 1,
                 "steps": (epoch + 1) * steps_per_epoch,
-                "train_loss": float(np.mean(losses)),
+                "train_loss": world.mean(float(np.mean(losses))),
                 "val_loss": val_loss,
                 "val_dice": val_dice,
                 "seconds": time.perf_counter() - started,
@@ -446,8 +455,9 @@ def train(
         )
         if settings.keep == "best" and not val_dice <= best["dice"]:  # NaN (no validation) counts as best
             best = {"dice": val_dice, "epoch": epoch + 1}
-            with atomic_path(run_dir / "best.pt") as tmp:
-                torch.save(model.state_dict(), tmp)
+            if world.main:
+                with atomic_path(run_dir / "best.pt") as tmp:
+                    torch.save(model.state_dict(), tmp)
         state = {
             "model": model.state_dict(),
             "optimiser": optimiser.state_dict(),
@@ -457,17 +467,31 @@ def train(
             "settings": wanted,
             "best": best,
         }
-        with atomic_path(checkpoint_file) as tmp:
-            torch.save(state, tmp)
-        with atomic_path(run_dir / "history.csv") as tmp:
-            pd.DataFrame(history).to_csv(tmp, index=False)
+        if world.main:
+            with atomic_path(checkpoint_file) as tmp:
+                torch.save(state, tmp)
+            with atomic_path(run_dir / "history.csv") as tmp:
+                pd.DataFrame(history).to_csv(tmp, index=False)
+    world.barrier()  # rank 0's last files are written before the others return
+    if not world.main:
+        return pd.DataFrame(history)
     final = model.state_dict()
     if settings.keep == "best" and (run_dir / "best.pt").is_file():
         final = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
     with atomic_path(run_dir / "model.pt") as tmp:
         torch.save(final, tmp)
     _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, device, best)
+    if world.size > 1:
+        _record_processes(run_dir, world.size)
     return pd.DataFrame(history)
+
+
+def _record_processes(run_dir: Path, processes: int) -> None:
+    """``run.json`` of a data-parallel run names its number of processes (``mstt_lib.distributed``)."""
+    record = json.loads((run_dir / "run.json").read_text())
+    record["processes"] = processes
+    with atomic_path(run_dir / "run.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
 
 
 def _time_steps(model, optimiser, loader, loss_function, device, steps: int = 4, precision=None) -> float:

@@ -1,4 +1,4 @@
-"""Shared fixtures: one small synthetic cohort for the whole test session.
+"""Shared fixtures: one small synthetic cohort for the whole test session, and a tiny project.
 
 Tests read it and never change it: a test that edits cases works on a copy
 (``phantom_subset`` or ``shutil.copytree``). 128 x 128 x 16 on the T2 grid is what the
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from scale_helpers import make_tiny_project
 
 from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort
 
@@ -49,3 +50,10 @@ def phantom_subset(tmp_path_factory, phantom_dir) -> Callable[[int], Path]:
         return out
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> tuple[Path, Path]:
+    """(project root, cohort folder) for the scale-out tests (``scale_helpers``): made once."""
+    root = tmp_path_factory.mktemp("project")
+    return root, make_tiny_project(root)

@@ -1,0 +1,94 @@
+"""Where the per-case stages run: one process, a pool of processes, or Ray tasks.
+
+Registration, preprocessing and the synthetic cohort map one function over cases; this
+module is the one place that chooses how. ``"process"`` (the default) is a pool of
+``workers`` processes on this machine; ``"ray"`` runs each case as a Ray task, on a local
+instance or the cluster at ``RAY_ADDRESS`` (``mstt_lib.cluster``), so a large cohort is
+spread over many machines. Every engine calls the same function on the same jobs, so the
+files written are the same. The engine is an argument, or else the ``MSTT_ENGINE``
+environment variable (``mstt-book run --engine ray`` sets it for the notebooks' kernels).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
+
+__all__ = ["ENGINES", "ENGINE_VARIABLE", "default_engine", "engine_environment", "map_cases"]
+
+ENGINES = ("process", "ray")
+ENGINE_VARIABLE = "MSTT_ENGINE"
+
+
+def default_engine() -> str:
+    """``MSTT_ENGINE`` when set (checked), else ``"process"``."""
+    engine = os.environ.get(ENGINE_VARIABLE) or "process"
+    if engine not in ENGINES:
+        raise ValueError(f"{ENGINE_VARIABLE}={engine!r} is not an engine; choose one of {list(ENGINES)}")
+    return engine
+
+
+@contextmanager
+def engine_environment(engine: str) -> Iterator[None]:
+    """``engine`` as this process's default engine for a while (the stages take no argument)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    previous = os.environ.get(ENGINE_VARIABLE)
+    os.environ[ENGINE_VARIABLE] = engine
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENGINE_VARIABLE, None)
+        else:
+            os.environ[ENGINE_VARIABLE] = previous
+
+
+def _set_environment(env: dict[str, str]) -> None:
+    os.environ.update(env)
+
+
+def map_cases(
+    function: Callable[[Any], Any],
+    jobs: Sequence[Any],
+    workers: int = 2,
+    engine: str | None = None,
+    env: dict[str, str] | None = None,
+    spawn: bool = False,
+    progress: bool = True,
+    desc: str = "cases",
+    chunksize: int = 1,
+) -> list[Any]:
+    """``[function(job) for job in jobs]``, in order, on the chosen engine.
+
+    ``"process"``: in this process when ``workers`` is 1 (and no ``env`` is asked for), else a
+    pool of ``workers`` processes (fresh ``spawn`` ones when asked, e.g. for ANTs); ``"ray"``:
+    one Ray task per job with one CPU each (a local instance gets ``workers`` CPUs). ``env``:
+    environment variables set in the worker processes before any job (what must precede an
+    import, such as ANTs' seed).
+    """
+    engine = engine or default_engine()
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {list(ENGINES)}")
+    bar = dict(total=len(jobs), desc=desc, unit="case", disable=not progress)
+    if engine == "ray":
+        from mstt_lib.cluster import ray_session, run_tasks
+
+        with ray_session(num_cpus=max(1, workers)):
+            return run_tasks(
+                function, [(job,) for job in jobs], {"num_cpus": 1}, env=env, progress=progress, desc=desc
+            )
+    if workers <= 1 and not env and not spawn:
+        return [function(job) for job in tqdm(jobs, **bar)]
+    context = multiprocessing.get_context("spawn") if spawn else None
+    initializer = (_set_environment, (env,)) if env else (None, ())
+    with ProcessPoolExecutor(
+        max_workers=max(1, workers), mp_context=context, initializer=initializer[0], initargs=initializer[1]
+    ) as pool:
+        return list(tqdm(pool.map(function, jobs, chunksize=chunksize), **bar))

@@ -1,0 +1,71 @@
+"""``python -m mstt_lib.launch``: train one (model, fold) run of a parameter set, in one process
+or as one of torchrun's processes (data parallel, ``mstt_lib.distributed``).
+
+    torchrun --standalone --nproc_per_node 4 -m mstt_lib.launch --params paper --model unet --fold 0
+    python -m mstt_lib.launch --params paper --model unet --fold 0 --devices 4   # starts torchrun
+    python -m mstt_lib.launch --params smoke -p device cpu --devices 2          # CPUs: gloo
+
+Rank 0 makes the shared stages (registration, preprocessing) first, the others wait; then
+every process trains (``dataset.train_run``), and only rank 0 writes the run's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import torch.distributed as dist
+
+from mstt_lib.distributed import init_process_group, launch_command
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Train one (model, fold) run of a set, in one process or as one of torchrun's processes;
+    ``--devices N`` starts torchrun with N processes."""
+    import yaml
+
+    from mstt_lib import dataset
+    from mstt_lib.io import command_errors
+    from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, get_params
+
+    parser = argparse.ArgumentParser(prog="python -m mstt_lib.launch", description=main.__doc__)
+    parser.add_argument("--params", default=DEFAULT_SET, choices=sorted(PARAMETER_SETS))
+    parser.add_argument("--model", default="unet")
+    parser.add_argument("--fold", type=int, default=0, help="the fold, or -1 for the run on every case")
+    parser.add_argument(
+        "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a set value (YAML)"
+    )
+    parser.add_argument("--devices", type=int, default=None, help="launch torchrun with this many processes")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if args.devices is not None and "WORLD_SIZE" not in os.environ:
+        if args.devices < 1:
+            parser.error(f"--devices must be at least 1, got {args.devices}")
+        rest = [a for i, a in enumerate(argv) if a != "--devices" and (i == 0 or argv[i - 1] != "--devices")]
+        rest = [a for a in rest if not a.startswith("--devices=")]
+        raise SystemExit(subprocess.call(launch_command(args.devices, rest)))
+    with command_errors(parser.prog, args.debug):
+        overrides = {name: yaml.safe_load(value) for name, value in args.p}
+        params = get_params(args.params, **overrides)
+        world = init_process_group(params["device"])
+        try:
+            if world.main:  # the shared stages once, before the other processes read them
+                dataset.slice_cache(params, progress=False)
+            world.barrier()
+            folder = dataset.train_run(params, args.model, args.fold, progress=world.main)
+            world.barrier()
+        finally:
+            if world.size > 1:
+                dist.destroy_process_group()
+        if world.main:
+            print(f"[mstt_lib.launch] {args.model} fold {args.fold}: {folder}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
