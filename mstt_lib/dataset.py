@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from mstt_lib.cohort import TISSUES, CaseProblem, load_cohort, read_cohort
+from mstt_lib.io import short_digest
 from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort
 
 __all__ = [
@@ -188,18 +189,17 @@ def slice_cache(params: dict[str, Any], progress: bool = True):
 
 def splits(params: dict[str, Any], cases: pd.DataFrame) -> list[dict[str, list[str]]]:
     """The folds of these cases: ``<work_dir>/splits/<cohort>-<cases hash>.json``, made once."""
-    import hashlib
 
     from mstt_lib.folds import ensure_splits
 
-    digest = hashlib.sha1(",".join(sorted(cases["case_id"])).encode()).hexdigest()[:8]
+    digest = short_digest(sorted(cases["case_id"]))
     path = Path(params["work_dir"]) / "splits" / f"{cohort_dir(params).name}-{len(cases)}cases-{digest}.json"
     if params["fold_scheme"] != "stratified":
         path = path.with_name(path.stem + f"-{params['fold_scheme']}.json")
     return ensure_splits(cases, path, params["n_folds"], params["fold_seed"], params["fold_scheme"])
 
 
-def train_settings(params: dict[str, Any], model: str, fold: int):
+def train_settings(params: dict[str, Any], model: str, fold: int | None):
     """The ``TrainSettings`` of one (model, fold) run of the set."""
     from mstt_lib.devices import resolve_device
     from mstt_lib.train import TrainSettings
@@ -209,7 +209,7 @@ def train_settings(params: dict[str, Any], model: str, fold: int):
     on_gpu = resolve_device(params["device"]).type == "cuda"
     return TrainSettings(
         model=model,
-        fold=int(fold),
+        fold=None if fold is None else int(fold),
         epochs=int(params["epochs"]),
         batch_size=int(params["batch_size"]),
         lr=float(params["lr"]),
@@ -233,7 +233,7 @@ def train_settings(params: dict[str, Any], model: str, fold: int):
     )
 
 
-def run_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
+def run_dir(params: dict[str, Any], model: str, fold: int | None, cache) -> Path:
     """``<work_dir>/runs/<cohort>/<model>-fold<k>-<hash>``: one folder per run.
 
     The hash covers the training settings and the slice cache the run reads, so changed
@@ -241,22 +241,22 @@ def run_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
     constant learning rate without a minutes budget, where more epochs continue the run; a
     decaying schedule is fixed by its length, so another length is another run.
     """
-    import hashlib
-    import json
     from dataclasses import asdict
 
     settings = asdict(train_settings(params, model, fold))
     if _epochs_continue(settings):
         settings.pop("epochs")
     settings["cache"] = Path(cache.folder).name
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    return Path(params["work_dir"]) / "runs" / cohort_dir(params).name / f"{model}-fold{fold}-{digest}"
+    name = f"{model}-all" if fold is None else f"{model}-fold{fold}"
+    return Path(params["work_dir"]) / "runs" / cohort_dir(params).name / f"{name}-{short_digest(settings)}"
 
 
-def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progress: bool = True) -> Path:
+def train_run(
+    params: dict[str, Any], model: str, fold: int | None, cache=None, progress: bool = True
+) -> Path:
     """Train (or resume, or find finished) one (model, fold) run of the set; its folder.
 
-    Fold -1 is the run on every case (``final_run``). The folder also records the
+    Fold None is the run on every case (``final_run``). The folder also records the
     parameter set (``parameter_set.json``) that the book's captions name.
     """
     from mstt_lib.distributed import current_world
@@ -266,12 +266,10 @@ def train_run(params: dict[str, Any], model: str, fold: int, cache=None, progres
     main = current_world().main  # among torchrun's processes only rank 0 writes (mstt_lib.distributed)
     cache = cache or slice_cache(params, progress=progress)
     folder = run_dir(params, model, fold, cache)
-    if fold == -1:
-        folder = folder.with_name(folder.name.replace("-fold-1-", "-all-"))
     if _needs_training(folder, train_settings(params, model, fold)):
         registered, _ = registered_cohort(params, progress=progress)
         cases = registered[registered["case_id"].isin(cache.case_ids)]
-        if fold == -1:
+        if fold is None:
             train_cases, val_cases = sorted(cases["case_id"]), []
         else:
             folds = splits(params, cases)
@@ -406,11 +404,11 @@ def final_run(params: dict[str, Any], model: str, progress: bool = True) -> Path
 
     ``<work_dir>/runs/<cohort>/<model>-all-<hash>``, trained once (resumes), in the
     layout ``mstt-predict`` reads. Its training settings are the set's, with the
-    ``final_minutes`` budget when one is set; ``fold`` is -1.
+    ``final_minutes`` budget when one is set; ``fold`` is None.
     """
     if params["final_minutes"] is not None:
         params = {**params, "train_minutes": params["final_minutes"]}
-    return train_run(params, model, -1, progress=progress)
+    return train_run(params, model, None, progress=progress)
 
 
 def run_dirs(params: dict[str, Any], models=None) -> list[Path]:
@@ -447,7 +445,6 @@ def fold_ensemble(params: dict[str, Any], model: str, results: pd.DataFrame) -> 
     nnU-Net's rule on the cross-validation ``results`` of those runs (``postprocess``:
     ``"auto"``), or the set's fixed choice.
     """
-    import hashlib
     import json
 
     from mstt_lib.io import atomic_path
@@ -455,8 +452,7 @@ def fold_ensemble(params: dict[str, Any], model: str, results: pd.DataFrame) -> 
 
     cache = slice_cache(params, progress=False)
     runs = [run_dir(params, model, fold, cache) for fold in params["folds"]]
-    digest = hashlib.sha1(",".join(r.name for r in runs).encode()).hexdigest()[:8]
-    folder = runs[0].parent / f"{model}-ensemble-{digest}"
+    folder = runs[0].parent / f"{model}-ensemble-{short_digest([r.name for r in runs])}"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "ensemble.json") as tmp:
         tmp.write_text(json.dumps({"runs": [r.name for r in runs]}, indent=1))
@@ -476,7 +472,6 @@ def cohort_statistics(params: dict[str, Any], cases: pd.DataFrame, progress: boo
     The file is named by a hash of the cases' files (paths, sizes, times), so new data
     is measured again.
     """
-    import hashlib
     import os
 
     from mstt_lib.analysis import tumour_statistics
@@ -488,8 +483,7 @@ def cohort_statistics(params: dict[str, Any], cases: pd.DataFrame, progress: boo
         for path in (row.get("t1"), row.get("t2"), row.get("mask"))
         if isinstance(path, str) and path
     ]
-    digest = hashlib.sha1(repr(stamp).encode()).hexdigest()[:12]
-    path = Path(params["work_dir"]) / "statistics" / f"{cohort_dir(params).name}-{digest}.csv"
+    path = Path(params["work_dir"]) / "statistics" / f"{cohort_dir(params).name}-{short_digest(stamp)}.csv"
     if path.is_file():
         return pd.read_csv(path)
     statistics = tumour_statistics(cases, progress=progress)

@@ -189,6 +189,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def short_digest(payload: object, length: int = 12) -> str:
+    """The one recipe for the hashes in stage folder names: SHA-1 of ``payload`` as sorted JSON.
+
+    Anything ``json.dumps`` takes (with ``str`` for the rest, e.g. paths), so equal settings
+    always give equal names.
+    """
+    import hashlib
+    import json
+
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mstt_lib.launch", description=main.__doc__)
     parser.add_argument("--params", default=DEFAULT_SET, choices=sorted(PARAMETER_SETS))
     parser.add_argument("--model", default="unet")
-    parser.add_argument("--fold", type=int, default=0, help="the fold, or -1 for the run on every case")
+    parser.add_argument("--fold", type=_fold, default=0, help='the fold, or "all" for the run on every case')
     parser.add_argument(
         "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a set value (YAML)"
     )
@@ -65,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                 dist.destroy_process_group()
         if world.main:
             print(f"[mstt_lib.launch] {args.model} fold {args.fold}: {folder}", flush=True)
+
+
+def _fold(text: str) -> int | None:
+    return None if text == "all" else int(text)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ is ``mstt_lib.geometry.LPS_TO_RAS``, applied here at the boundary with ANTs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ from mstt_lib.geometry import (
     rotation_angle_deg,
     voxel_spacing,
 )
-from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume, save_nifti
+from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume, save_nifti, short_digest
 
 __all__ = [
     "TRANSFORMS",
@@ -75,8 +74,7 @@ class RegistrationSettings:
 
     def key(self) -> str:
         """A short name for these settings, for folder names."""
-        text = json.dumps(asdict(self), sort_keys=True)
-        return f"{self.transform}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+        return f"{self.transform}-{short_digest(asdict(self))}"
 
 
 # ---------------------------------------------------------------------------

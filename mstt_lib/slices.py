@@ -22,7 +22,6 @@ the manifest is written last, so a half-written cache is never read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ import pandas as pd
 
 from mstt_lib.engines import map_cases
 from mstt_lib.geometry import PLANE_AXIS, PLANES, isotropic_grid, resample_array, resample_mask
-from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume
+from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume, short_digest
 from mstt_lib.preprocess import normalise_intensity
 
 __all__ = [
@@ -221,8 +220,7 @@ def _fingerprint(cases: pd.DataFrame, settings: CacheSettings) -> str:
             if isinstance(path, str) and path:
                 stat = os.stat(path)
                 files.append((row["case_id"], column, path, stat.st_size, stat.st_mtime_ns))
-    payload = json.dumps({"version": CACHE_VERSION, "settings": asdict(settings), "files": files})
-    return hashlib.sha1(payload.encode()).hexdigest()[:16]
+    return short_digest({"version": CACHE_VERSION, "settings": asdict(settings), "files": files})
 
 
 def _cache_case(job: tuple) -> dict:

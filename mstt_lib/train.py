@@ -64,7 +64,7 @@ class TrainSettings:
     """Everything a training run depends on; saved as the run's ``params.json``."""
 
     model: str = "unet"
-    fold: int = 0
+    fold: int | None = 0  # None: the run on every case
     epochs: int = 5
     batch_size: int = 16
     lr: float = 1e-4
@@ -236,6 +236,10 @@ class _Loss(nn.Module):
 
 def _settings_json(settings: TrainSettings) -> dict:
     return json.loads(json.dumps(asdict(settings)))
+
+
+def _fold_name(fold: int | None) -> str:
+    return "all cases" if fold is None else f"fold {fold}"
 
 
 def _epoch_order(n: int, seed: int, epoch: int, limit: int | None) -> np.ndarray:
@@ -420,7 +424,7 @@ def train(
         losses = []
         bar = tqdm(
             epoch_loader(epoch),
-            desc=f"{settings.model} fold {settings.fold} epoch {epoch + 1}/{epochs}",
+            desc=f"{settings.model} {_fold_name(settings.fold)} epoch {epoch + 1}/{epochs}",
             disable=not progress,
             unit="batch",
         )

@@ -1,6 +1,7 @@
 """The pipeline layer's run folders: which settings make another run, and when a run continues."""
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 from mstt_lib.dataset import _needs_training, run_dir, train_settings
@@ -31,3 +32,19 @@ def test_more_epochs_at_a_constant_rate_continue_the_finished_run(tmp_path):
     assert _needs_training(folder, train_settings(more, "unet", 0))
     poly = get_params("smoke", work_dir=str(tmp_path))
     assert not _needs_training(folder, train_settings({**poly, "epochs": 99}, "unet", 0))
+
+
+def test_the_run_on_every_case_has_its_own_name_and_settings(tmp_path):
+    cache = SimpleNamespace(folder=str(tmp_path / "cache" / "0123"))
+    params = get_params("smoke", work_dir=str(tmp_path))
+    every_case = run_dir(params, "unet", None, cache)
+    assert every_case.name.startswith("unet-all-") and train_settings(params, "unet", None).fold is None
+    assert every_case.name[len("unet-all-") :] != run_dir(params, "unet", 0, cache).name[len("unet-fold0-") :]
+
+
+def test_stage_folder_digests_follow_the_settings_not_their_order():
+    from mstt_lib.io import short_digest
+
+    assert short_digest({"a": 1, "b": [2, 3]}) == short_digest({"b": [2, 3], "a": 1})
+    assert short_digest({"a": 1, "b": [2, 3]}) != short_digest({"a": 1, "b": [3, 2]})
+    assert len(short_digest("x")) == 12 and short_digest(Path("p/q")) == short_digest("p/q")
