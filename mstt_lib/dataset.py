@@ -18,6 +18,10 @@ from mstt_lib.io import short_digest
 from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort
 
 __all__ = [
+    "train_grid",
+    "external_results",
+    "conversion_check",
+    "predicted_dice",
     "splits",
     "train_settings",
     "run_dir",
@@ -318,6 +322,81 @@ def _record_plans(
         train_cases=train_cases,
         val_cases=val_cases,
     )
+
+
+def train_grid(params: dict[str, Any], cache=None, progress: bool = True) -> tuple[list[Path], pd.DataFrame]:
+    """Train (or resume, or find) every (model, fold) run of the set: their folders, and one
+    per-epoch history table with ``model``, ``fold`` and ``run`` columns (chapter 4)."""
+    cache = cache or slice_cache(params, progress=progress)
+    runs, histories = [], []
+    for name in params["models"]:
+        for fold in params["folds"]:
+            folder = train_run(params, name, fold, cache, progress=progress)
+            runs.append(folder)
+            history = pd.read_csv(folder / "history.csv")
+            histories.append(history.assign(model=name, fold=fold, run=folder.name))
+    return runs, pd.concat(histories, ignore_index=True)
+
+
+def external_results(
+    params: dict[str, Any], external_cohort: str | Path, progress: bool = True
+) -> pd.DataFrame:
+    """Each model's fold runs, averaged, scored on an external cohort (``domain`` "external").
+
+    Predictions and scores go to ``<work_dir>/evaluation/<cohort>/external-<model>-<hash>``,
+    the hash naming the runs, the external cohort, the TTA and the planes.
+    """
+    from mstt_lib.evaluate import evaluate_external
+
+    cache = slice_cache(params, progress=progress)
+    scores = []
+    for name in params["models"]:
+        runs = [run_dir(params, name, fold, cache) for fold in params["folds"]]
+        what = [[r.name for r in runs], str(Path(external_cohort).resolve()), params["tta"], params["planes"]]
+        out = (
+            runs[0].parent.parent.parent
+            / "evaluation"
+            / runs[0].parent.name
+            / f"external-{name}-{short_digest(what)}"
+        )
+        external = evaluate_external(
+            runs, external_cohort, out, params["tta"], params["planes"], progress=progress
+        )
+        scores.append(external.assign(model=name, domain="external"))
+    return pd.concat(scores, ignore_index=True)
+
+
+def conversion_check(converted: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
+    """Masks converted from DICOM (``dicom.convert_collection``) against the cohort's masks of
+    the same cases: whether the grids agree and, where they do, the Dice."""
+    from mstt_lib.metrics import dice
+    from mstt_lib.viz import load_mask
+
+    reference = cases.set_index("case_id")["mask"]
+    rows = []
+    for row in converted.itertuples():
+        ours, theirs = load_mask(row.mask, row.case_id), load_mask(reference[row.case_id], row.case_id)
+        same = ours.shape == theirs.shape
+        rows.append(
+            {
+                "case_id": row.case_id,
+                "same grid": same,
+                "Dice against the IBSI mask": dice(ours, theirs) if same else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def predicted_dice(status: pd.DataFrame, predictions: Path, masks: dict[str, str | Path]) -> pd.DataFrame:
+    """``mstt-predict``'s status table with each prediction's Dice against its case's mask."""
+    from mstt_lib.metrics import dice
+    from mstt_lib.viz import load_mask
+
+    scores = [
+        dice(load_mask(Path(predictions) / f"{c}.nii.gz", c), load_mask(masks[c], c))
+        for c in status["case_id"]
+    ]
+    return status.assign(dice=scores)
 
 
 def _epochs_continue(settings: dict[str, Any]) -> bool:

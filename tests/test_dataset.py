@@ -48,3 +48,47 @@ def test_stage_folder_digests_follow_the_settings_not_their_order():
     assert short_digest({"a": 1, "b": [2, 3]}) == short_digest({"b": [2, 3], "a": 1})
     assert short_digest({"a": 1, "b": [2, 3]}) != short_digest({"a": 1, "b": [3, 2]})
     assert len(short_digest("x")) == 12 and short_digest(Path("p/q")) == short_digest("p/q")
+
+
+def _mask_file(path: Path, shape, box) -> Path:
+    import nibabel as nib
+    import numpy as np
+
+    data = np.zeros(shape, np.uint8)
+    data[box] = 1
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    return path
+
+
+def test_the_conversion_check_scores_converted_masks_and_names_a_grid_mismatch(tmp_path):
+    import pandas as pd
+
+    from mstt_lib.dataset import conversion_check
+
+    half = (slice(0, 4), slice(0, 8), slice(0, 8))
+    reference = {c: _mask_file(tmp_path / f"{c}_ref.nii.gz", (8, 8, 8), half) for c in ("A", "B")}
+    converted = pd.DataFrame(
+        {
+            "case_id": ["A", "B"],
+            "mask": [
+                _mask_file(tmp_path / "A.nii.gz", (8, 8, 8), (slice(0, 2), slice(0, 8), slice(0, 8))),
+                _mask_file(tmp_path / "B.nii.gz", (8, 8, 9), half),
+            ],
+        }
+    )
+    cases = pd.DataFrame({"case_id": ["B", "A"], "mask": [str(reference["B"]), str(reference["A"])]})
+    table = conversion_check(converted, cases).set_index("case_id")
+    assert table.loc["A", "same grid"] and abs(table.loc["A", "Dice against the IBSI mask"] - 2 / 3) < 1e-9
+    assert not table.loc["B", "same grid"] and pd.isna(table.loc["B", "Dice against the IBSI mask"])
+
+
+def test_predicted_dice_adds_each_predictions_dice_to_the_status_table(tmp_path):
+    import pandas as pd
+
+    from mstt_lib.dataset import predicted_dice
+
+    box = (slice(0, 4), slice(0, 8), slice(0, 8))
+    _mask_file(tmp_path / "A.nii.gz", (8, 8, 8), box)
+    truth = _mask_file(tmp_path / "A_truth.nii.gz", (8, 8, 8), (slice(0, 8), slice(0, 8), slice(0, 8)))
+    status = predicted_dice(pd.DataFrame({"case_id": ["A"], "status": ["ok"]}), tmp_path, {"A": truth})
+    assert list(status.columns) == ["case_id", "status", "dice"] and abs(status["dice"][0] - 2 / 3) < 1e-9
