@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from mstt_lib.cohort import CaseProblem, CohortError, read_cases, read_cohort, validate_cases
+from mstt_lib.engines import default_engine, map_cases
 from mstt_lib.ensemble import ENSEMBLE_FILE, resolve_runs
 from mstt_lib.infer import load_run, predict_volume, set_inference_threads, to_native, write_prediction
 from mstt_lib.io import atomic_path, describe_error, save_nifti
@@ -447,6 +448,51 @@ class Predictor:
         cases, problems = _checked(pd.DataFrame([row]), self.settings.modalities)
         return cases, problems, {case_id: source}
 
+    def _predict_row(
+        self, row: dict, output_dir: Path, register_seconds: float, dicom_source: list[Path] | None
+    ) -> tuple[str, str, dict[str, float] | None]:
+        """One case, read to written: (case id, status, seconds per stage or None on error)."""
+        settings = self.settings
+        case_id = row["case_id"]
+        clock = [time.perf_counter()]  # the end of each stage, in order
+        try:
+            read = read_case(pd.Series({**row, "mask": None}), settings)
+            clock.append(time.perf_counter())
+            case = preprocess_read(read, settings)
+            clock.append(time.perf_counter())
+            timings: dict = {}
+            logits = self.logits(case["image"], timings)
+            clock.append(time.perf_counter())
+            probability, mask = self.to_grid(
+                logits, case["affine"], case["native_shape"], case["native_affine"]
+            )
+            meta = {
+                "runs": [str(d) for d in self.run_dirs],
+                "tta": self.tta,
+                "planes": list(self.planes),
+                "postprocessing": self.postprocessing,
+                "registration": None if self.registration is None else self.registration.key(),
+                "seconds_per_plane": timings,
+            }
+            write_prediction(output_dir, case_id, probability, case["native_affine"], meta, mask=mask)
+            if dicom_source:
+                from mstt_lib.dicom.seg import write_seg
+
+                write_seg(mask, dicom_source, output_dir / f"{case_id}_seg.dcm", self.run_dirs)
+            clock.append(time.perf_counter())  # write: back to the native grid, and the files
+        except Exception as error:  # one case's failure is its status; the other cases still run
+            log.debug("case %s failed", case_id, exc_info=True)
+            return case_id, f"error: {describe_error(error)}", None
+        read_s, preprocess_s, infer_s, write_s = np.diff(clock)
+        stages = dict(
+            read=read_s, register=register_seconds, preprocess=preprocess_s, infer=infer_s, write=write_s
+        )
+        return (
+            case_id,
+            f"ok ({sum(stages.values()):.1f} s)",
+            {stage: round(float(value), 3) for stage, value in stages.items()},
+        )
+
     def _predict_cases(
         self,
         cases: pd.DataFrame,
@@ -482,50 +528,48 @@ class Predictor:
                 {r.case_id: f"registration {r.status}" for r in quality.itertuples() if r.status != "ok"}
             )
             todo = read_cohort(folder)[0] if (quality["status"] == "ok").any() else todo.iloc[:0]
-        seconds: dict[str, dict[str, float]] = {}
-        set_inference_threads()
-        rows = todo.to_dict("records")
-        for row in tqdm(rows, desc="predicting", unit="case", disable=not self.progress):
-            case_id = row["case_id"]
-            clock = [time.perf_counter()]  # the end of each stage, in order
-            try:
-                read = read_case(pd.Series({**row, "mask": None, "native": native[case_id]}), settings)
-                clock.append(time.perf_counter())
-                case = preprocess_read(read, settings)
-                clock.append(time.perf_counter())
-                timings: dict = {}
-                logits = self.logits(case["image"], timings)
-                clock.append(time.perf_counter())
-                probability, mask = self.to_grid(
-                    logits, case["affine"], case["native_shape"], case["native_affine"]
-                )
-                meta = {
-                    "runs": [str(d) for d in self.run_dirs],
-                    "tta": self.tta,
-                    "planes": list(self.planes),
-                    "postprocessing": self.postprocessing,
-                    "registration": None if self.registration is None else self.registration.key(),
-                    "seconds_per_plane": timings,
-                }
-                write_prediction(output_dir, case_id, probability, case["native_affine"], meta, mask=mask)
-                if dicom_sources:
-                    from mstt_lib.dicom.seg import write_seg
-
-                    write_seg(mask, dicom_sources[case_id], output_dir / f"{case_id}_seg.dcm", self.run_dirs)
-                clock.append(time.perf_counter())  # write: back to the native grid, and the files
-            except Exception as error:  # one case's failure is its status; the other cases still run
-                log.debug("case %s failed", case_id, exc_info=True)
-                status[case_id] = f"error: {describe_error(error)}"
-                continue
-            read_s, preprocess_s, infer_s, write_s = np.diff(clock)
-            stages = dict(
-                read=read_s, register=register_seconds, preprocess=preprocess_s, infer=infer_s, write=write_s
+        rows = [{**row, "native": native[row["case_id"]]} for row in todo.to_dict("records")]
+        sources = dicom_sources or {}
+        if default_engine() == "ray" and len(rows) > 1:
+            # One Ray task per case; each worker loads the runs once (``_predict_job``).
+            spec = (
+                tuple(map(str, self.run_dirs)),
+                self.postprocessing,
+                self.tta,
+                self.planes,
+                str(self.device),
+                self.batch_size,
             )
-            seconds[case_id] = {stage: round(float(value), 3) for stage, value in stages.items()}
-            status[case_id] = f"ok ({sum(stages.values()):.1f} s)"
+            jobs = [(spec, row, output_dir, register_seconds, sources.get(row["case_id"])) for row in rows]
+            outcomes = map_cases(
+                _predict_job, jobs, self.workers, "ray", progress=self.progress, desc="predicting"
+            )
+        else:
+            set_inference_threads()
+            outcomes = [
+                self._predict_row(row, output_dir, register_seconds, sources.get(row["case_id"]))
+                for row in tqdm(rows, desc="predicting", unit="case", disable=not self.progress)
+            ]
+        seconds = {case_id: stages for case_id, _, stages in outcomes if stages is not None}
+        status.update({case_id: text for case_id, text, _ in outcomes})
         table = pd.DataFrame(sorted(status.items()), columns=["case_id", "status"])
         for stage in STAGES:  # seconds per stage of the cases segmented now (empty for the others)
             table[f"seconds_{stage}"] = [seconds.get(c, {}).get(stage) for c in table["case_id"]]
         with atomic_path(output_dir / "predictions.csv") as tmp:
             table.to_csv(tmp, index=False)
         return table
+
+
+_WORKER_PREDICTORS: dict[tuple, Predictor] = {}
+
+
+def _predict_job(job: tuple) -> tuple[str, str, dict[str, float] | None]:
+    """A Ray task's case: the runs are loaded once per worker process and kept for its next cases."""
+    spec, row, output_dir, register_seconds, dicom_source = job
+    if spec not in _WORKER_PREDICTORS:
+        runs, postprocessing, tta, planes, device, batch_size = spec
+        predictor = Predictor(tta, planes, device, batch_size, workers=1, progress=False).load_runs(runs)
+        predictor.postprocessing = postprocessing
+        _WORKER_PREDICTORS[spec] = predictor
+    set_inference_threads()
+    return _WORKER_PREDICTORS[spec]._predict_row(row, output_dir, register_seconds, dicom_source)

@@ -202,6 +202,43 @@ def test_preprocessing_on_ray_writes_the_files_of_the_process_pool(cluster, cach
         assert (pool / name).read_bytes() == (tasks / name).read_bytes(), name
 
 
+def test_prediction_of_many_cases_on_ray_writes_what_one_process_writes(
+    cluster, cache, tiny_project, tmp_path, monkeypatch
+):
+    import nibabel as nib
+
+    from mstt_lib.predictor import Predictor
+
+    train_cases, val_cases = _folds(cache)[0]
+    _serial(TrainSettings(**TINY, epochs=1), cache, train_cases, val_cases, tmp_path / "run")
+    images = tmp_path / "images"  # the plain layout: <case>_0000 (T1), <case>_0001 (T2)
+    images.mkdir()
+    cohort = tiny_project[1]  # phantom cases, which register (the balls of ``cache`` do not)
+    for case in sorted(p.name for p in cohort.iterdir() if (p / "t1.nii.gz").is_file())[:2]:
+        for channel, name in (("0000", "t1"), ("0001", "t2")):
+            (images / f"{case}_{channel}.nii.gz").symlink_to(cohort / case / f"{name}.nii.gz")
+    tables, here = {}, []  # ``here``: the cases predicted in this process
+    original = Predictor._predict_row
+    monkeypatch.setattr(
+        Predictor, "_predict_row", lambda self, row, *a: here.append(row) or original(self, row, *a)
+    )
+    for engine in ("process", "ray"):
+        monkeypatch.setenv("MSTT_ENGINE", engine)
+        predictor = Predictor.from_runs(
+            [tmp_path / "run"], tta="none", planes=("axial",), device="cpu", workers=1, progress=False
+        )
+        tables[engine] = predictor.predict_folder(images, tmp_path / engine).set_index("case_id")
+    assert len(here) == 2  # the process engine's; Ray's ran in its workers
+    assert tables["ray"]["status"].str.startswith("ok").all() and len(tables["ray"]) == 2
+    assert (tables["ray"]["status"].str[:2] == tables["process"]["status"].str[:2]).all()
+    written = sorted(p.name for p in (tmp_path / "process").glob("*.nii.gz"))
+    assert len(written) >= 2 and written == sorted(p.name for p in (tmp_path / "ray").glob("*.nii.gz"))
+    for name in written:
+        one, tasks = (nib.load(tmp_path / engine / name) for engine in ("process", "ray"))
+        np.testing.assert_array_equal(np.asarray(one.dataobj), np.asarray(tasks.dataobj), err_msg=name)
+        np.testing.assert_array_equal(one.affine, tasks.affine)
+
+
 def test_registration_on_ray_writes_the_files_of_the_process_pool(cluster, tiny_project, tmp_path):
     """ANTs seeded and single-threaded in Ray's workers too (their environment is set first)."""
     from mstt_lib.cohort import load_cohort
