@@ -106,5 +106,8 @@ def run_tasks(
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
+            # Wait for the killed workers, so that nothing writes after the caller tidies up.
+            if pending:
+                ray.wait(pending, num_returns=len(pending), timeout=10)
             raise
     return results
