@@ -27,7 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from mstt_lib.preprocess import normalise_intensity
-from mstt_lib.viz.figures import case_in_ras, largest_slice, load_case_on_reference_grid
+from mstt_lib.viz.figures import largest_slice, viewer_case
 
 __all__ = [
     "MASK_COLOURS",
@@ -274,8 +274,6 @@ def viewer_payload(html: str) -> tuple[list[str], dict]:
 
 def case_viewer(row: pd.Series, extra_masks: Mapping[str, np.ndarray] | None = None, **kwargs):
     """The slice viewer for one case of the case table (T1 resampled onto the mask's grid)."""
-    case = load_case_on_reference_grid(row)
-    case["masks"] = {"ground truth": case["mask"], **(extra_masks or {})}
-    canonical = case_in_ras(case)
-    title = kwargs.pop("title", f"{row['case_id']} · {row.get('tissue') or ''} · {row.get('site') or ''}")
+    canonical, title = viewer_case(row, extra_masks)
+    title = kwargs.pop("title", title)
     return slice_viewer(canonical["images"], canonical["spacing"], canonical["masks"], title=title, **kwargs)

@@ -8,7 +8,7 @@ The static viewer's codec is ``mstt_lib.viz.codec``, the ipywidgets viewer
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -173,3 +173,12 @@ def case_in_ras(case: dict) -> dict:
     if "masks" in case:
         out["masks"] = {name: to_ras(m, affine)[0] for name, m in case["masks"].items()}
     return out
+
+
+def viewer_case(row: pd.Series, extra_masks: Mapping[str, np.ndarray] | None = None) -> tuple[dict, str]:
+    """A case-table row ready for a viewer (static or live): the case in RAS with the ground truth
+    and ``extra_masks`` as its masks, and the default title (case id, tissue, site)."""
+    case = load_case_on_reference_grid(row)
+    case["masks"] = {"ground truth": case["mask"], **(extra_masks or {})}
+    title = f"{row['case_id']} · {row.get('tissue') or ''} · {row.get('site') or ''}"
+    return case_in_ras(case), title

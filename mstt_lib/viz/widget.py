@@ -15,7 +15,7 @@ from PIL import Image
 
 from mstt_lib.geometry import PLANE_AXIS, PLANES, display_point, display_slice
 from mstt_lib.viz.codec import MASK_COLOURS, eight_bit, mask_boundary, start_point
-from mstt_lib.viz.figures import case_in_ras, load_case_on_reference_grid
+from mstt_lib.viz.figures import viewer_case
 
 __all__ = ["render_plane", "live_viewer", "live_case_viewer"]
 
@@ -201,8 +201,6 @@ def live_viewer(
 
 def live_case_viewer(row: pd.Series, extra_masks: Mapping[str, np.ndarray] | None = None, **kwargs):
     """``live_viewer`` for one case of the case table, as ``case_viewer`` builds the static one."""
-    case = load_case_on_reference_grid(row)
-    case["masks"] = {"ground truth": case["mask"], **(extra_masks or {})}
-    canonical = case_in_ras(case)
-    title = kwargs.pop("title", f"{row['case_id']} · {row.get('tissue') or ''} · {row.get('site') or ''}")
+    canonical, title = viewer_case(row, extra_masks)
+    title = kwargs.pop("title", title)
     return live_viewer(canonical["images"], canonical["spacing"], canonical["masks"], title=title, **kwargs)
