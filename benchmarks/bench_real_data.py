@@ -9,7 +9,7 @@ test-time augmentation and planes) on a fresh 30-case synthetic cohort (6 per ti
 one modality, T2, so that both see 3 channels and no registration. Every stage runs into a
 fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` on a GPU.
 
-``--recipes`` compares the set's training recipe with the paper's (``dataset.paper_recipe``)
+``--recipes`` compares the set's training recipe with the paper's (``pipeline.paper_recipe``)
 on the same folds, per case with a Wilcoxon signed-rank test; ``--minutes 15 30 60`` does so
 at equal CPU budgets in total (each of the five fold runs gets a fifth, as ``train_minutes``).
 """
@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from _record import PeakMemory, record
 
-from mstt_lib import dataset
+from mstt_lib import pipeline
 from mstt_lib.analysis import bootstrap_ci, paired_comparison
 from mstt_lib.params import REAL_DATA, real_data_params
 
@@ -66,7 +66,7 @@ def budget(params: dict) -> str:
 def cross_validate(params: dict) -> tuple[object, float, float]:
     started = time.perf_counter()
     with PeakMemory() as memory:
-        results = dataset.cross_validation_results(params)
+        results = pipeline.cross_validation_results(params)
     return results, time.perf_counter() - started, memory.peak_gib
 
 
@@ -92,7 +92,7 @@ def compare_recipes(real: dict, minutes: float | None) -> list[tuple[str, str, s
     label = "same steps" if minutes is None else f"{minutes:g} CPU-minutes of training in total"
     scored = {}
     rows = []
-    recipes = (("set recipe", budget_params), ("paper recipe", dataset.paper_recipe(budget_params)))
+    recipes = (("set recipe", budget_params), ("paper recipe", pipeline.paper_recipe(budget_params)))
     for name, params in recipes:
         results, seconds, peak = cross_validate(params)
         scored[name] = results.assign(model=name)

@@ -207,13 +207,13 @@ def grid_table(params: dict, models: Sequence[str], folds: Sequence[int]) -> pd.
     minutes and device, read from the run folders (wherever they were trained)."""
     import json
 
-    from mstt_lib import dataset
+    from mstt_lib import pipeline
 
-    cache = dataset.slice_cache(params, progress=False)
+    cache = pipeline.slice_cache(params, progress=False)
     rows = []
     for model in models:
         for fold in folds:
-            folder = dataset.run_dir(params, model, int(fold), cache)
+            folder = pipeline.run_dir(params, model, int(fold), cache)
             row = {"model": model, "fold": int(fold), "run": folder.name}
             if (folder / "history.csv").is_file():
                 last = pd.read_csv(folder / "history.csv").iloc[-1]
@@ -279,13 +279,13 @@ def run_grid(
             print(f"[mstt-book] training {model} fold {fold} (set {param_set}) -> {target}", flush=True)
             written.append(_papermill_job(source, target, notebook_parameters, kernel))
     else:
-        from mstt_lib import dataset
+        from mstt_lib import pipeline
         from mstt_lib.cluster import ray_session, run_tasks, task_options
         from mstt_lib.engines import engine_environment
 
         with ray_session(address) as ray:
             with engine_environment("ray"):  # the shared stages once, their cases spread as tasks
-                dataset.slice_cache(params, progress=progress)
+                pipeline.slice_cache(params, progress=progress)
             resources = task_options(gpus_per_task, cpus_per_task)
             where = ray.cluster_resources()
             print(

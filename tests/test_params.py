@@ -6,22 +6,22 @@ from mstt_lib.params import PARAMETER_SETS, get_params
 
 
 def test_every_named_set_configures_every_stage_and_the_paper_set_keeps_the_papers_recipe():
-    from mstt_lib import dataset
+    from mstt_lib import pipeline
 
     assert {"smoke", "paper", "best"} <= set(PARAMETER_SETS)
     for name in PARAMETER_SETS:  # each stage's settings build from the set alone
         params = get_params(name)
-        assert dataset.registration_settings(params).transform == params["registration"], name
-        assert dataset.cache_settings(params).spacing_mm == params["spacing_mm"], name
+        assert pipeline.registration_settings(params).transform == params["registration"], name
+        assert pipeline.cache_settings(params).spacing_mm == params["spacing_mm"], name
         for model in params["models"]:
-            settings = dataset.train_settings(params, model, params["folds"][0])
+            settings = pipeline.train_settings(params, model, params["folds"][0])
             assert (settings.model, settings.epochs, settings.loss) == (
                 model,
                 params["epochs"],
                 params["loss"],
             )
-    smoke = dataset.train_settings(get_params("smoke"), "unet", 0)
-    paper_settings = dataset.train_settings(get_params("paper"), "unet", 0)
+    smoke = pipeline.train_settings(get_params("smoke"), "unet", 0)
+    paper_settings = pipeline.train_settings(get_params("paper"), "unet", 0)
     assert (paper_settings.loss, paper_settings.schedule) == ("bce", "constant")
     assert (smoke.loss, smoke.schedule) == ("dice_bce", "poly")
     paper = PARAMETER_SETS["paper"]

@@ -1,9 +1,15 @@
-"""The cohort a parameter set names, and where each stage keeps its files for it.
+"""The pipeline layer: a parameter set's stages, where each keeps its files, and the runs over them.
 
-Stages hand over files: the cohort (``data/synthetic-<set>`` or the user's folder),
-the registered cohort (``<work_dir>/registration/<cohort>-<transform>``) and the
-slice cache (``<work_dir>/cache/<hash>``). Each function here runs its stage only
-when its files are missing, so any notebook can be rerun on its own.
+A ``Params`` (``mstt_lib.params``) names everything; this module turns it into each stage's
+settings and folder and runs the stages in order, each only when its files are missing, so any
+notebook can be rerun on its own. Stages hand over files: the cohort (``data/synthetic-<set>``
+or the user's folder), the registered cohort (``<work_dir>/registration/<cohort>-<transform>``),
+the slice cache (``<work_dir>/cache/<hash>``), the training runs
+(``<work_dir>/runs/<cohort>/<model>-fold<k>-<hash>``, ``<model>-all-<hash>`` for the run on every
+case, ``<model>-ensemble-<hash>`` for the folds' ensemble) and the scored predictions
+(``<work_dir>/evaluation/<cohort>/...``). The hashes cover the settings and inputs a folder
+depends on, so changed settings never reuse an old folder. The book's notebooks, ``mstt-book
+grid`` and ``mstt_lib.launch`` call it; the stages themselves know no parameter set.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from mstt_lib.dataset import _needs_training, run_dir, train_settings
 from mstt_lib.params import get_params
+from mstt_lib.pipeline import _needs_training, run_dir, train_settings
 
 
 def test_a_decaying_schedule_of_another_length_is_another_run(tmp_path):
@@ -63,7 +63,7 @@ def _mask_file(path: Path, shape, box) -> Path:
 def test_the_conversion_check_scores_converted_masks_and_names_a_grid_mismatch(tmp_path):
     import pandas as pd
 
-    from mstt_lib.dataset import conversion_check
+    from mstt_lib.pipeline import conversion_check
 
     half = (slice(0, 4), slice(0, 8), slice(0, 8))
     reference = {c: _mask_file(tmp_path / f"{c}_ref.nii.gz", (8, 8, 8), half) for c in ("A", "B")}
@@ -85,7 +85,7 @@ def test_the_conversion_check_scores_converted_masks_and_names_a_grid_mismatch(t
 def test_predicted_dice_adds_each_predictions_dice_to_the_status_table(tmp_path):
     import pandas as pd
 
-    from mstt_lib.dataset import predicted_dice
+    from mstt_lib.pipeline import predicted_dice
 
     box = (slice(0, 4), slice(0, 8), slice(0, 8))
     _mask_file(tmp_path / "A.nii.gz", (8, 8, 8), box)
