@@ -44,7 +44,7 @@ def main() -> None:
         for name, values in args.variant:
             changes = json.loads(values)
             params = real_data_params(args.set, cohort=args.sts_dir, tta=args.tta, planes=tuple(args.planes))
-            params = {**params, **changes, "work_dir": work_dir}
+            params = params.replace(**{**changes, "work_dir": work_dir})
             started = time.perf_counter()
             results = pipeline.cross_validation_results(params, progress=False)
             per_fold = results.groupby("fold")["dice"].mean().round(3).tolist()

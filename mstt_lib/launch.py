@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with command_errors(parser.prog, args.debug):
         overrides = {name: yaml.safe_load(value) for name, value in args.p}
         params = get_params(args.params, **overrides)
-        world = init_process_group(params["device"])
+        world = init_process_group(params.device)
         try:
             if world.main:  # the shared stages once, before the other processes read them
                 pipeline.slice_cache(params, progress=False)
