@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from _record import record
 
-from mstt_lib import dataset
+from mstt_lib import pipeline
 from mstt_lib.params import real_data_params
 
 
@@ -44,9 +44,9 @@ def main() -> None:
         for name, values in args.variant:
             changes = json.loads(values)
             params = real_data_params(args.set, cohort=args.sts_dir, tta=args.tta, planes=tuple(args.planes))
-            params = {**params, **changes, "work_dir": work_dir}
+            params = params.replace(**{**changes, "work_dir": work_dir})
             started = time.perf_counter()
-            results = dataset.cross_validation_results(params, progress=False)
+            results = pipeline.cross_validation_results(params, progress=False)
             per_fold = results.groupby("fold")["dice"].mean().round(3).tolist()
             dice = results["dice"]
             seconds = time.perf_counter() - started

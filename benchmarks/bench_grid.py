@@ -30,8 +30,8 @@ def main() -> None:
         env["OMP_NUM_THREADS"] = "1"
         overrides = ["-p", "cohort", str(cohort), "-p", "epochs", "1", "-p", "device", "cpu"]
         overrides += ["-p", "folds", "[0, 1]"]
-        prepare = "from mstt_lib import dataset; from mstt_lib.params import get_params; "
-        prepare += f"dataset.slice_cache(get_params('smoke', cohort={str(cohort)!r}), progress=False)"
+        prepare = "from mstt_lib import pipeline; from mstt_lib.params import get_params; "
+        prepare += f"pipeline.slice_cache(get_params('smoke', cohort={str(cohort)!r}), progress=False)"
         subprocess.run([sys.executable, "-c", prepare], cwd=root, env=env, check=True)
         seconds = {}
         for engine in ("serial", "ray"):

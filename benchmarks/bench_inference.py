@@ -199,13 +199,13 @@ def precision_rows(model, volume: np.ndarray) -> tuple[list[tuple[str, str, str]
 def real_rows(
     sts_dir: Path, n_cases: int | None, before_cases: int, folder: Path, variants: dict
 ) -> list[tuple[str, str, str]]:
-    from mstt_lib import dataset
+    from mstt_lib import pipeline
     from mstt_lib.cohort import read_ibsi
     from mstt_lib.params import real_data_params
 
     params = real_data_params("smoke", cohort=str(sts_dir))
     started = time.perf_counter()
-    run = dataset.final_run(params, "unet", progress=False)
+    run = pipeline.final_run(params, "unet", progress=False)
     trained = time.perf_counter() - started
     model, _, settings = load_run(run)
     cases, _ = read_ibsi(sts_dir)

@@ -9,7 +9,7 @@ test-time augmentation and planes) on a fresh 30-case synthetic cohort (6 per ti
 one modality, T2, so that both see 3 channels and no registration. Every stage runs into a
 fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` on a GPU.
 
-``--recipes`` compares the set's training recipe with the paper's (``dataset.paper_recipe``)
+``--recipes`` compares the set's training recipe with the paper's (``pipeline.paper_recipe``)
 on the same folds, per case with a Wilcoxon signed-rank test; ``--minutes 15 30 60`` does so
 at equal CPU budgets in total (each of the five fold runs gets a fifth, as ``train_minutes``).
 """
@@ -25,9 +25,9 @@ import numpy as np
 import yaml
 from _record import PeakMemory, record
 
-from mstt_lib import dataset
+from mstt_lib import pipeline
 from mstt_lib.analysis import bootstrap_ci, paired_comparison
-from mstt_lib.params import REAL_DATA, real_data_params
+from mstt_lib.params import REAL_DATA, Params, real_data_params
 
 SAME_BUDGET = (
     "epochs",
@@ -53,20 +53,20 @@ SAME_BUDGET = (
 )
 
 
-def budget(params: dict) -> str:
-    samples = params["samples_per_epoch"] or "all"
+def budget(params: Params) -> str:
+    samples = params.samples_per_epoch or "all"
     return (
-        f"{'/'.join(params['models'])}, {len(params['folds'])} folds x {params['epochs']} epochs x "
-        f"{samples} samples (batch {params['batch_size']}, lr {params['lr']:g}), "
-        f"{params['spacing_mm']:g} mm grid, {params['image_size']} px, encoder {params['encoder']}, "
-        f"TTA {params['tta']}, planes {'+'.join(params['planes'])}, device {params['device']}"
+        f"{'/'.join(params.models)}, {len(params.folds)} folds x {params.epochs} epochs x "
+        f"{samples} samples (batch {params.batch_size}, lr {params.lr:g}), "
+        f"{params.spacing_mm:g} mm grid, {params.image_size} px, encoder {params.encoder}, "
+        f"TTA {params.tta}, planes {'+'.join(params.planes)}, device {params.device}"
     )
 
 
-def cross_validate(params: dict) -> tuple[object, float, float]:
+def cross_validate(params: Params) -> tuple[object, float, float]:
     started = time.perf_counter()
     with PeakMemory() as memory:
-        results = dataset.cross_validation_results(params)
+        results = pipeline.cross_validation_results(params)
     return results, time.perf_counter() - started, memory.peak_gib
 
 
@@ -84,15 +84,15 @@ def summary(results, name: str, seconds: float, peak: float) -> list[tuple[str, 
     ]
 
 
-def compare_recipes(real: dict, minutes: float | None) -> list[tuple[str, str, str]]:
+def compare_recipes(real: Params, minutes: float | None) -> list[tuple[str, str, str]]:
     """The set's recipe and the paper's on the same folds at the same budget: Dice per case."""
     import pandas as pd
 
-    budget_params = real if minutes is None else {**real, "train_minutes": minutes / len(real["folds"])}
+    budget_params = real if minutes is None else real.replace(train_minutes=minutes / len(real.folds))
     label = "same steps" if minutes is None else f"{minutes:g} CPU-minutes of training in total"
     scored = {}
     rows = []
-    recipes = (("set recipe", budget_params), ("paper recipe", dataset.paper_recipe(budget_params)))
+    recipes = (("set recipe", budget_params), ("paper recipe", pipeline.paper_recipe(budget_params)))
     for name, params in recipes:
         results, seconds, peak = cross_validate(params)
         scored[name] = results.assign(model=name)
@@ -136,15 +136,15 @@ def main() -> None:
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
         rows.append(("training budget", budget(real), ""))
         if args.recipes:
-            if not Path(real["cohort"]).is_dir():
-                raise SystemExit(f"no real data at {real['cohort']}: give --sts-dir")
+            if not Path(real.cohort).is_dir():
+                raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
             for minutes in args.minutes or [None]:
                 rows += compare_recipes(real, minutes)
             record(f"Real data: the {args.set} set's recipe against the paper's, same folds and budget", rows)
             return
         if not args.skip_real:
-            if not Path(real["cohort"]).is_dir():
-                raise SystemExit(f"no real data at {real['cohort']}: give --sts-dir")
+            if not Path(real.cohort).is_dir():
+                raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
             results, seconds, peak = cross_validate(real)
             rows += summary(results, f"real data ({results['case_id'].nunique()} T1 cases)", seconds, peak)
             rows.append(
@@ -157,7 +157,7 @@ def main() -> None:
                 )
             )
         if not args.skip_synthetic:
-            same_budget = {k: real[k] for k in SAME_BUDGET}
+            same_budget = {k: getattr(real, k) for k in SAME_BUDGET}
             synthetic = real_data_params(
                 args.set,
                 cohort="synthetic",

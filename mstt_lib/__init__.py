@@ -5,7 +5,7 @@ planes and display), ``phantom`` (the synthetic cohort),
 ``registration``, ``preprocess``, ``slices`` (2.5D samples and their cache), ``folds``,
 ``models`` and ``litemedsam``, ``devices``, ``train``, ``infer`` and ``predict``, ``metrics``,
 ``evaluate``, ``analysis``, ``qc`` and ``viz`` (figures and viewers); ``params`` (the named
-parameter sets), ``dataset`` (where each stage keeps its files) and ``runner`` (the book);
+parameter sets), ``pipeline`` (a set's stages: their folders, runs and scores) and ``runner`` (the book);
 ``engines`` (per-case stages in processes or Ray tasks), ``cluster`` (Ray) and
 ``distributed`` and ``launch`` (data-parallel training with torchrun).
 Modules are imported by name, e.g. ``from mstt_lib import cohort``.

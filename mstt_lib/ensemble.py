@@ -1,6 +1,6 @@
 """Ensemble folders: the fold models of a cross-validation, used as one model for new cases.
 
-An ensemble folder (``dataset.fold_ensemble`` writes it) holds ``ensemble.json``, the
+An ensemble folder (``pipeline.fold_ensemble`` writes it) holds ``ensemble.json``, the
 names of the fold run folders beside it, and ``postprocessing.json``, the step chosen by
 cross-validation. ``mstt-predict -r`` takes it like a run folder: the folds' logits are
 averaged (as nnU-Net ensembles its five folds) and the recorded step is applied.

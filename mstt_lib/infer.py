@@ -77,18 +77,18 @@ DEFAULT_STRIDE = 32
 def load_run(
     run_dir: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> tuple[nn.Module, dict, CacheSettings]:
-    """The trained model of a run folder, its training parameters and its preprocessing."""
+    """The trained model of a run folder, its training settings (``params.json``) and its preprocessing."""
     run_dir = Path(run_dir)
     missing = [n for n in ("params.json", "preprocessing.json", "model.pt") if not (run_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished training run (missing {missing})")
-    params = json.loads((run_dir / "params.json").read_text())
+    training = json.loads((run_dir / "params.json").read_text())  # the run's TrainSettings
     preprocessing = json.loads((run_dir / "preprocessing.json").read_text())
     channels = preprocessing.pop("channels")
     settings = CacheSettings(**{**preprocessing, "modalities": tuple(preprocessing["modalities"])})
-    model = build_model(params["model"], len(channels), params["encoder"])
+    model = build_model(training["model"], len(channels), training["encoder"])
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
-    return model.eval().to(device), params, settings
+    return model.eval().to(device), training, settings
 
 
 def fixed_input_size(model: nn.Module) -> int | None:

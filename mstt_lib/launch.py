@@ -6,7 +6,7 @@ or as one of torchrun's processes (data parallel, ``mstt_lib.distributed``).
     python -m mstt_lib.launch --params smoke -p device cpu --devices 2          # CPUs: gloo
 
 Rank 0 makes the shared stages (registration, preprocessing) first, the others wait; then
-every process trains (``dataset.train_run``), and only rank 0 writes the run's files.
+every process trains (``pipeline.train_run``), and only rank 0 writes the run's files.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``--devices N`` starts torchrun with N processes."""
     import yaml
 
-    from mstt_lib import dataset
+    from mstt_lib import pipeline
     from mstt_lib.io import command_errors
     from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, get_params
 
@@ -53,12 +53,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     with command_errors(parser.prog, args.debug):
         overrides = {name: yaml.safe_load(value) for name, value in args.p}
         params = get_params(args.params, **overrides)
-        world = init_process_group(params["device"])
+        world = init_process_group(params.device)
         try:
             if world.main:  # the shared stages once, before the other processes read them
-                dataset.slice_cache(params, progress=False)
+                pipeline.slice_cache(params, progress=False)
             world.barrier()
-            folder = dataset.train_run(params, args.model, args.fold, progress=world.main)
+            folder = pipeline.train_run(params, args.model, args.fold, progress=world.main)
             world.barrier()
         finally:
             if world.size > 1:

@@ -1,21 +1,25 @@
 """The named parameter sets: the one place where the book's settings live.
 
-``smoke`` is the default: the best recipe a 2-core CPU trains in its share of the
-book's few minutes (the models learn, at a small budget). ``paper`` carries the
-MSTT-199 paper's settings and is meant for a GPU; ``best`` is the recipe beyond the
-paper (foreground oversampling, Dice + BCE, a decaying learning rate, the best
-checkpoint, post-processing chosen by cross-validation, the folds' ensemble) at the
-paper's full size, also for a GPU. Notebooks take a set's name as a papermill parameter and may override
-single values; an unknown name or key is an error that lists the valid ones.
+``Params`` holds one set's values: frozen and typed, one field per setting, its defaults the
+MSTT-199 paper's. The named sets are tables of changes to those defaults. ``smoke`` is the
+default: the best recipe a 2-core CPU trains in its share of the book's few minutes (the models
+learn, at a small budget). ``paper`` carries the paper's settings and is meant for a GPU;
+``best`` is the recipe beyond the paper (foreground oversampling, Dice + BCE, a decaying learning
+rate, the best checkpoint, post-processing chosen by cross-validation, the folds' ensemble) at
+the paper's full size, also for a GPU. Notebooks take a set's name as a papermill parameter and
+may override single values; an unknown name or key is an error that lists the valid ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "Params",
     "PARAMETER_SETS",
     "DEFAULT_SET",
     "REAL_DATA",
@@ -29,67 +33,109 @@ __all__ = [
 
 DEFAULT_SET = "smoke"
 
-_COMMON: dict[str, Any] = {
-    # Cohort: "synthetic" generates the phantom cohort into data_dir/synthetic-<set>;
-    # a path reads a cohort in the project layout or nnU-Net's raw format.
-    "cohort": "synthetic",
-    "n_cases": 199,
-    "seed": 0,
-    "phantom_matrix": 192,
-    "phantom_slices": 20,
-    "modalities": ("T1", "T2"),
-    "skip_bad_cases": False,
-    "data_dir": "data",
-    "work_dir": "work",
-    "workers": 2,  # processes for per-case stages (registration, preprocessing)
-    # Later stages work on this many cases per tissue (None: every case).
-    "cases_per_tissue": None,
-    # Registration of T1 onto T2 (paper: ANTs; rigid): "rigid", "affine" or "syn".
-    "registration": "rigid",
-    "registration_min_mi": 0.3,  # quality threshold: Mattes mutual information after registration
-    # Preprocessing and 2.5D samples (paper, section 4.2).
-    "spacing_mm": 1.0,
-    "low_percentile": 0.05,
-    "high_percentile": 99.95,
-    "image_size": 256,
-    "min_tumour_voxels": 100,  # training keeps slices with more tumour voxels than this
-    # Training (paper, section 3 and Appendix A).
-    "models": ("unet", "litemedsam"),
-    "folds": (0, 1, 2, 3, 4),  # the folds trained (and evaluated) of the 5
-    "n_folds": 5,
-    "fold_seed": 42,
-    "epochs": 5,
-    "batch_size": 16,
-    "lr": 1e-4,
-    "loss": "bce",  # the paper's; "dice_bce" adds soft Dice
-    "encoder": "se_resnext50_32x4d",
-    # U-Net encoder weights: "imagenet" (segmentation-models-pytorch's download, cached),
-    # a local 3-channel ImageNet encoder file, or None (random initialisation).
-    "unet_weights": "imagenet",
-    # The 6-channel first convolution: "tile" (ImageNet filters tiled, as smp does) or
-    # "random" (as the authors' code did).
-    "first_conv": "tile",
-    "litemedsam_weights": None,  # a local lite_medsam.pth
-    "augment": True,
-    "samples_per_epoch": None,  # None: every training sample, every epoch
-    "val_samples": None,
-    # None: tumour slices only (the paper); p: a tumour slice with probability p, else any slice.
-    "foreground_fraction": None,
-    "schedule": "constant",  # the paper's constant rate, or "poly" (nnU-Net's decay)
-    "keep": "last",  # the last weights (the paper) or the "best" validation Dice
-    "train_minutes": None,  # a wall-clock budget per run; sets the epochs (recorded in run.json)
-    "final_minutes": None,  # the budget of the model trained on every case (None: as the folds)
-    # Post-processing of the predicted mask: None, "largest" (largest connected component)
-    # or "auto" (whichever cross-validation shows to help, nnU-Net's rule).
-    "postprocess": None,
-    "fold_scheme": "stratified",  # or "kfold": the authors' KFold(5, shuffle=True, random_state=42)
-    "device": "auto",  # CUDA when present, else the CPU
-    # Inference and evaluation (paper, sections 4.2-4.6).
-    "tta": "paper",  # "paper" (identity, flips, rot90), "all8" (the authors' code) or "none"
-    "planes": ("axial", "coronal", "sagittal"),
-    "eval_cases": None,  # validation cases scored per fold (None: all), or a number per model
-    "inference_batch_size": 16,
-}
+
+@dataclass(frozen=True)
+class Params:
+    """One parameter set's values; the defaults are the paper's (the ``paper`` set).
+
+    Relative ``data_dir``, ``work_dir`` and ``cohort`` folders are resolved against the
+    repository root, so notebooks run from any folder; lists (papermill passes lists) become
+    tuples. ``replace`` makes a changed copy, checked the same way.
+    """
+
+    # Cohort: "synthetic" (the phantom cohort, data_dir/synthetic-<set>) or a folder (project or nnU-Net).
+    cohort: str | Path = "synthetic"
+    n_cases: int = 199  # cases of the synthetic cohort
+    seed: int = 0  # the seed of the phantom cohort, registration, held-out cases and training
+    phantom_matrix: int = 192  # in-plane voxels of the synthetic images
+    phantom_slices: int = 20  # slices of the synthetic images
+    modalities: tuple[str, ...] = ("T1", "T2")  # the input images of each case
+    skip_bad_cases: bool = False  # leave out a case that fails its checks (listed) instead of stopping
+    data_dir: Path = Path("data")  # where the synthetic cohort is generated
+    work_dir: Path = Path("work")  # where the stages keep their files
+    workers: int = 2  # processes for per-case stages (registration, preprocessing)
+    cases_per_tissue: int | None = None  # later stages work on this many cases per tissue (None: every case)
+    registration: str = "rigid"  # of T1 onto T2 (paper: ANTs; rigid): "rigid", "affine" or "syn"
+    registration_min_mi: float = 0.3  # quality threshold: Mattes mutual information after registration
+    spacing_mm: float = 1.0  # the preprocessing grid (paper, section 4.2)
+    low_percentile: float = 0.05  # intensities clipped below this percentile, then scaled
+    high_percentile: float = 99.95  # intensities clipped above this percentile, then scaled
+    image_size: int = 256  # the side of a 2.5D training sample in pixels
+    min_tumour_voxels: int = 100  # training keeps slices with more tumour voxels than this
+    models: tuple[str, ...] = ("unet", "litemedsam")  # the models trained (paper, section 3)
+    folds: tuple[int, ...] = (0, 1, 2, 3, 4)  # the folds trained (and evaluated) of the n_folds
+    n_folds: int = 5  # cross-validation folds over patients
+    fold_seed: int = 42  # the seed that deals the patients into folds
+    epochs: int = 5  # training epochs (paper, Appendix A)
+    batch_size: int = 16  # samples per optimizer step
+    lr: float = 1e-4  # the (starting) learning rate
+    loss: str = "bce"  # the paper's; "dice_bce" adds soft Dice
+    encoder: str = "se_resnext50_32x4d"  # the U-Net's encoder (segmentation-models-pytorch)
+    # U-Net encoder weights: "imagenet" (smp's download, cached), a local 3-channel file, or None (random).
+    unet_weights: str | Path | None = "imagenet"
+    first_conv: str = "tile"  # 6-channel first conv: "tile" (ImageNet filters, as smp) or "random" (authors)
+    litemedsam_weights: str | Path | None = None  # a local lite_medsam.pth
+    augment: bool = True  # the paper's Appendix A augmentations (flips, rot90, intensity, blur, distortion)
+    samples_per_epoch: int | None = None  # None: every training sample, every epoch
+    val_samples: int | None = None  # validation samples scored after each epoch (None: every one)
+    foreground_fraction: float | None = None  # None: tumour slices only (paper); p: tumour slice with prob. p
+    schedule: str = "constant"  # the paper's constant rate, or "poly" (nnU-Net's decay)
+    keep: str = "last"  # the last weights (the paper) or the "best" validation Dice
+    train_minutes: float | None = None  # a wall-clock budget per run; sets the epochs (recorded in run.json)
+    final_minutes: float | None = None  # the budget of the model trained on every case (None: as the folds)
+    # Post-processing of the predicted mask: None, "largest" (largest connected component) or "auto".
+    postprocess: str | None = None
+    fold_scheme: str = "stratified"  # or "kfold": the authors' KFold(5, shuffle=True, random_state=42)
+    device: str = "auto"  # CUDA when present, else the CPU
+    tta: str = "paper"  # "paper" (identity, flips, rot90), "all8" (the authors' code) or "none"
+    planes: tuple[str, ...] = ("axial", "coronal", "sagittal")  # the planes inference slices along
+    # Validation cases scored per fold (None: all), or a number per model.
+    eval_cases: int | dict[str, int] | None = None
+    inference_batch_size: int = 16  # slices per forward pass at inference
+    set: str = "paper"  # the named set these values came from
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, list) and str(field.type).startswith("tuple"):
+                object.__setattr__(self, field.name, tuple(value))
+        root = project_root()
+        for key in ("data_dir", "work_dir", "cohort"):
+            value = getattr(self, key)
+            if key == "cohort" and value == "synthetic":
+                continue
+            path = Path(value).expanduser()
+            object.__setattr__(self, key, path if path.is_absolute() else (root / path).resolve())
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The settings a set or an override may change (every field but ``set``)."""
+        return tuple(f.name for f in fields(cls) if f.name != "set")
+
+    def replace(self, **changes: Any) -> Params:
+        """A copy with ``changes`` (None is a value here, unlike ``get_params``'s overrides)."""
+        _check_keys(self.set, changes)
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every value by name, for JSON (``plans.json``, ``parameter_set.json``): paths as
+        text, tuples as lists."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _check_keys(name: str, values: dict[str, Any]) -> None:
+    unknown = sorted(set(values) - set(Params.names()))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for set {name!r}; valid: {sorted(Params.names())}")
+
 
 # Beyond the paper, after nnU-Net: tumour-free slices beside tumour slices, Dice + BCE,
 # nnU-Net's poly decay from 1e-3, and the largest-component step where cross-validation
@@ -104,13 +150,13 @@ _RECIPE: dict[str, Any] = {
 }
 
 # The paper's training recipe, to compare with another set's at that set's budget and grid.
-PAPER_RECIPE: dict[str, Any] = {key: _COMMON[key] for key in (*_RECIPE, "keep")}
+PAPER_RECIPE: dict[str, Any] = {key: getattr(Params, key) for key in (*_RECIPE, "keep")}
 
+# Each named set: its changes to ``Params``' defaults (the paper's settings).
 PARAMETER_SETS: dict[str, dict[str, Any]] = {
     # The default: what a 2-core CPU trains in its share of the book's minutes. The models
     # learn, at a small budget (the book says so beside every number).
     "smoke": {
-        **_COMMON,
         **_RECIPE,
         "cases_per_tissue": 5,
         "folds": (0,),
@@ -136,10 +182,9 @@ PARAMETER_SETS: dict[str, dict[str, Any]] = {
         "eval_cases": None,
     },
     # The paper's settings, for a GPU machine.
-    "paper": {**_COMMON},
+    "paper": {},
     # The recipe beyond the paper at the paper's size, for a GPU machine.
     "best": {
-        **_COMMON,
         **_RECIPE,
         "keep": "best",
         "epochs": 20,
@@ -252,14 +297,14 @@ def shared_data_dir() -> Path:
     return Path(env) if env else project_root().parent / "shared" / "data"
 
 
-def get_params(name: str = DEFAULT_SET, **overrides: Any) -> dict[str, Any]:
-    """A copy of parameter set ``name`` with ``overrides`` applied.
+def get_params(name: str = DEFAULT_SET, **overrides: Any) -> Params:
+    """Parameter set ``name`` with ``overrides`` applied.
 
     ``None`` overrides are ignored, so a notebook can pass its papermill
     parameters straight through. Relative ``data_dir``/``work_dir`` are resolved
     against the repository root, so notebooks run from any folder.
 
-    >>> get_params("smoke", n_cases=10)["n_cases"]
+    >>> get_params("smoke", n_cases=10).n_cases
     10
     """
     if name not in PARAMETER_SETS:
@@ -267,26 +312,15 @@ def get_params(name: str = DEFAULT_SET, **overrides: Any) -> dict[str, Any]:
     return _layered(name, PARAMETER_SETS[name], overrides)
 
 
-def _layered(name: str, base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    params = dict(base)
-    unknown = sorted(set(overrides) - set(params))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown} for set {name!r}; valid: {sorted(params)}")
-    params.update({k: v for k, v in overrides.items() if v is not None})
-    params["set"] = name
-    root = project_root()
-    for key in ("data_dir", "work_dir", "cohort"):
-        if key == "cohort" and params[key] == "synthetic":
-            continue
-        path = Path(params[key]).expanduser()
-        params[key] = path if path.is_absolute() else (root / path).resolve()
-    return params
+def _layered(name: str, base: dict[str, Any], overrides: dict[str, Any]) -> Params:
+    _check_keys(name, overrides)
+    return Params(**{**base, **{k: v for k, v in overrides.items() if v is not None}}, set=name)
 
 
-def real_data_params(name: str = DEFAULT_SET, **overrides: Any) -> dict[str, Any]:
+def real_data_params(name: str = DEFAULT_SET, **overrides: Any) -> Params:
     """Set ``name`` with its real-data (``REAL_DATA``) settings and then ``overrides``.
 
-    >>> real_data_params("smoke")["modalities"]
+    >>> real_data_params("smoke").modalities
     ('T1',)
     """
     if name not in REAL_DATA:

@@ -120,10 +120,10 @@ def load_runs(run_dirs: Sequence[str | os.PathLike], device) -> list:
 
 def _recipe(run: Path) -> str:
     """What fold runs of one cross-validation share: their settings but the fold, and preprocessing."""
-    params = json.loads((run / "params.json").read_text()) if (run / "params.json").is_file() else {}
-    params.pop("fold", None)
+    training = json.loads((run / "params.json").read_text()) if (run / "params.json").is_file() else {}
+    training.pop("fold", None)
     preprocessing = (run / "preprocessing.json").read_text() if (run / "preprocessing.json").is_file() else ""
-    return json.dumps(params, sort_keys=True) + preprocessing
+    return json.dumps(training, sort_keys=True) + preprocessing
 
 
 def find_fold_runs(
@@ -300,7 +300,7 @@ class Predictor:
         self.registration = self._registration(runs, settings.modalities)
         self.run_dirs, self.postprocessing = list(runs), postprocessing
         self.models = [model for model, _, _ in loaded]
-        self.params = loaded[0][1]
+        self.training = loaded[0][1]
         self.settings = settings
         return self
 
@@ -346,7 +346,7 @@ class Predictor:
     def logits(self, volume: np.ndarray, timings: dict | None = None) -> np.ndarray:
         """Fused logits (X, Y, Z) of a preprocessed (C, X, Y, Z) volume on the runs' grid."""
         self._require_runs()
-        size = int(self.params["image_size"])
+        size = int(self.training["image_size"])
         return predict_volume(
             self.models, volume, self.planes, self.tta, size, self.batch_size, self.device, timings
         )

@@ -11,7 +11,10 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mstt_lib.params import Params
 
 __all__ = [
     "SMALL_BUDGET_SETS",
@@ -72,23 +75,22 @@ def runs_summary(run_dirs: Iterable[str | os.PathLike]) -> str:
     return "; ".join(phrases)
 
 
-def caption(params: dict[str, Any], run_dirs: Iterable[str | os.PathLike], extra: str = "") -> str:
+def caption(params: Params, run_dirs: Iterable[str | os.PathLike], extra: str = "") -> str:
     """The provenance line: parameter set, training budget and weights (and inference settings)."""
-    text = f"Source: set `{params['set']}`; {runs_summary(run_dirs)}"
+    text = f"Source: set `{params.set}`; {runs_summary(run_dirs)}"
     if extra:
         text += f"; {extra}"
-    if params["set"] in SMALL_BUDGET_SETS:
+    if params.set in SMALL_BUDGET_SETS:
         text += ". A small CPU budget: this demonstrates the pipeline, not the best these models can do"
     return f"*{text}.*"
 
 
-def record_parameter_set(run_dir: str | os.PathLike, params: dict[str, Any]) -> None:
+def record_parameter_set(run_dir: str | os.PathLike, params: Params) -> None:
     """``parameter_set.json`` in a run folder: the named set and every value it had."""
     from mstt_lib.io import atomic_path
 
-    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in params.items()}
     with atomic_path(Path(run_dir) / "parameter_set.json") as tmp:
-        tmp.write_text(json.dumps(values, indent=1, default=str))
+        tmp.write_text(json.dumps(params.to_dict(), indent=1, default=str))
 
 
 def runs_by_set(run_dirs: Iterable[str | os.PathLike]) -> dict[str, list[dict[str, Any]]]:

@@ -33,7 +33,7 @@ import nbformat
 import pandas as pd
 
 from mstt_lib.io import atomic_path, command_errors
-from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, project_root
+from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, Params, project_root
 
 __all__ = [
     "CHECK_MARKER",
@@ -144,7 +144,7 @@ def write_build_info(out_dir: Path, since: float) -> Path:
     from mstt_lib.params import get_params
     from mstt_lib.provenance import SMALL_BUDGET_SETS, runs_by_set, runs_summary
 
-    work_dir = Path(get_params()["work_dir"])
+    work_dir = get_params().work_dir
     used = [
         path.parent
         for path in sorted(work_dir.glob("runs/*/*/parameter_set.json"))
@@ -202,18 +202,18 @@ def _remove_partial_copies(targets: Sequence[Path]) -> None:
             partial.unlink(missing_ok=True)
 
 
-def grid_table(params: dict, models: Sequence[str], folds: Sequence[int]) -> pd.DataFrame:
+def grid_table(params: Params, models: Sequence[str], folds: Sequence[int]) -> pd.DataFrame:
     """The grid's runs, one row each: folder, epochs, steps, last losses and validation Dice,
     minutes and device, read from the run folders (wherever they were trained)."""
     import json
 
-    from mstt_lib import dataset
+    from mstt_lib import pipeline
 
-    cache = dataset.slice_cache(params, progress=False)
+    cache = pipeline.slice_cache(params, progress=False)
     rows = []
     for model in models:
         for fold in folds:
-            folder = dataset.run_dir(params, model, int(fold), cache)
+            folder = pipeline.run_dir(params, model, int(fold), cache)
             row = {"model": model, "fold": int(fold), "run": folder.name}
             if (folder / "history.csv").is_file():
                 last = pd.read_csv(folder / "history.csv").iloc[-1]
@@ -256,11 +256,11 @@ def run_grid(
     source = notebook_paths(root, ["04"])[0]
     parameters = dict(parameters or {})
     check_parameters(parameters, [source])
-    params = get_params(param_set, **{k: v for k, v in parameters.items() if k in PARAMETER_SETS[param_set]})
-    out_dir = Path(params["work_dir"]) / "grid" / param_set
+    params = get_params(param_set, **{k: v for k, v in parameters.items() if k in Params.names()})
+    out_dir = params.work_dir / "grid" / param_set
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = parameters.pop("models", None) or params["models"]
-    folds = parameters.pop("folds", None) or params["folds"]
+    models = parameters.pop("models", None) or params.models
+    folds = parameters.pop("folds", None) or params.folds
     jobs = []
     for model in models:
         for fold in folds:
@@ -279,13 +279,13 @@ def run_grid(
             print(f"[mstt-book] training {model} fold {fold} (set {param_set}) -> {target}", flush=True)
             written.append(_papermill_job(source, target, notebook_parameters, kernel))
     else:
-        from mstt_lib import dataset
+        from mstt_lib import pipeline
         from mstt_lib.cluster import ray_session, run_tasks, task_options
         from mstt_lib.engines import engine_environment
 
         with ray_session(address) as ray:
             with engine_environment("ray"):  # the shared stages once, their cases spread as tasks
-                dataset.slice_cache(params, progress=progress)
+                pipeline.slice_cache(params, progress=progress)
             resources = task_options(gpus_per_task, cpus_per_task)
             where = ray.cluster_resources()
             print(

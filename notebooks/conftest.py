@@ -8,7 +8,7 @@ import pytest
 def pytest_collection_modifyitems(config, items):
     from mstt_lib.params import real_data_params
 
-    folder = Path(real_data_params()["cohort"])
+    folder = Path(real_data_params().cohort)
     if folder.is_dir():
         return
     skip = pytest.mark.skip(reason=f"the real data ({folder}) is absent: chapter 08 skipped its steps")

@@ -28,8 +28,8 @@ def _run(folder: Path, modalities=("T1", "T2"), spacing=3.0, fold=0, seed=0) -> 
     torch.manual_seed(seed)
     channels = [f"{m}[{o}]" for m in modalities for o in ("index-1", "index", "index+1")]
     torch.save(build_model("unet", len(channels), "resnet18").state_dict(), folder / "model.pt")
-    params = {"model": "unet", "encoder": "resnet18", "image_size": 32, "fold": fold}
-    (folder / "params.json").write_text(json.dumps(params))
+    training = {"model": "unet", "encoder": "resnet18", "image_size": 32, "fold": fold}
+    (folder / "params.json").write_text(json.dumps(training))
     preprocessing = {
         "modalities": list(modalities),
         "spacing_mm": spacing,
@@ -308,29 +308,30 @@ def test_the_command_line_takes_a_dicom_series_and_writes_a_seg(tmp_path, monkey
 def test_a_runs_plans_carry_the_sets_registration_to_the_predictor(cohort, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from mstt_lib import dataset
+    from mstt_lib import pipeline
+    from mstt_lib.params import Params
 
     cases = pd.read_csv(cohort / "cohort.csv")
     for column in ("t1", "t2", "mask"):
         cases[column] = [str(cohort / p) for p in cases[column]]
-    monkeypatch.setattr(dataset, "selected_cases", lambda params, progress=True: cases)
-    params = {
-        "set": "test",
-        "modalities": ["T1", "T2"],
-        "registration": "affine",
-        "seed": 4,
-        "registration_min_mi": 0.2,
-        "work_dir": str(tmp_path / "work"),
-    }
+    monkeypatch.setattr(pipeline, "selected_cases", lambda params, progress=True: cases)
+    params = Params(
+        set="test",
+        modalities=["T1", "T2"],
+        registration="affine",
+        seed=4,
+        registration_min_mi=0.2,
+        work_dir=str(tmp_path / "work"),
+    )
     run = _run(tmp_path / "run")
     preprocessing = json.loads((run / "preprocessing.json").read_text())
     channels = preprocessing.pop("channels")
     cache = SimpleNamespace(manifest={"settings": preprocessing, "channels": channels})
     case = cases["case_id"][0]
-    dataset._record_plans(params, run, cache, 32, [case], [])
+    pipeline._record_plans(params, run, cache, 32, [case], [])
     plans = plans_module.read_plans(run)
     assert plans["parameter_set"]["registration"] == "affine" and plans["data"]["train_cases"] == [case]
     assert set(plans["data"]["files"][case]) == {"t1", "t2", "mask"}
     assert (tmp_path / "work" / "file_hashes.json").is_file()
     registration = Predictor(device="cpu").load_runs([run]).registration
-    assert registration == dataset.registration_settings(params) and registration.transform == "affine"
+    assert registration == pipeline.registration_settings(params) and registration.transform == "affine"

@@ -2,6 +2,7 @@
 
 import json
 
+from mstt_lib.params import get_params
 from mstt_lib.provenance import caption, record_parameter_set, runs_by_set, runs_summary
 
 
@@ -33,16 +34,16 @@ def test_runs_are_summarised_by_model_and_budget_from_their_records(tmp_path):
 
 def test_a_caption_names_the_set_and_says_when_the_budget_is_small(tmp_path):
     run = _run(tmp_path / "unet-fold0", 384, 0.6)
-    small = caption({"set": "smoke"}, [run], extra="TTA paper")
+    small = caption(get_params("smoke"), [run], extra="TTA paper")
     assert small.startswith("*Source: set `smoke`; U-Net") and "TTA paper" in small
     assert "demonstrates the pipeline" in small
-    assert "demonstrates" not in caption({"set": "paper"}, [run])
+    assert "demonstrates" not in caption(get_params("paper"), [run])
 
 
 def test_runs_are_grouped_by_the_parameter_set_they_record(tmp_path):
     a, b = _run(tmp_path / "a", 10, 0.1), _run(tmp_path / "b", 20, 0.2)
-    record_parameter_set(a, {"set": "smoke", "work_dir": tmp_path})
-    record_parameter_set(b, {"set": "paper"})
+    record_parameter_set(a, get_params("smoke", work_dir=tmp_path))
+    record_parameter_set(b, get_params("paper"))
     groups = runs_by_set([a, b])
     assert {name: [r["run"] for r in records] for name, records in groups.items()} == {
         "smoke": ["a"],

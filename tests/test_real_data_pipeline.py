@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mstt_lib import dataset
+from mstt_lib import pipeline
 from mstt_lib.io import save_nifti
 from mstt_lib.params import real_data_params
 from mstt_lib.predict import predict_folder
@@ -53,17 +53,17 @@ def _params(cohort, work):
 
 def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, tmp_path):
     params = _params(ibsi_cohort, tmp_path / "work")
-    registered, quality = dataset.registered_cohort(params, progress=False)
+    registered, quality = pipeline.registered_cohort(params, progress=False)
     assert list(registered["case_id"]) == [f"STS_{i:03d}" for i in range(5)]
     assert (quality["status"] == "ok").all() and not (tmp_path / "work" / "registration").exists()
-    cache = dataset.slice_cache(params, progress=False)
+    cache = pipeline.slice_cache(params, progress=False)
     assert cache.manifest["channels"] == ["T1[index-1]", "T1[index]", "T1[index+1]"]
 
-    results = dataset.cross_validation_results(params, progress=False)
+    results = pipeline.cross_validation_results(params, progress=False)
     assert len(results) == 1 and results["model"].tolist() == ["unet"]  # fold 0 holds one case of five
     assert {"dice", "hd95_mm", "surface_dice", "prediction", "native_mask"} <= set(results.columns)
 
-    run = dataset.final_run(params, "unet", progress=False)
+    run = pipeline.final_run(params, "unet", progress=False)
     assert run.name.startswith("unet-all-")
     assert json.loads((run / "preprocessing.json").read_text())["modalities"] == ["T1"]
     status = predict_folder(

@@ -4,34 +4,34 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from mstt_lib.dataset import _needs_training, run_dir, train_settings
 from mstt_lib.params import get_params
+from mstt_lib.pipeline import _needs_training, run_dir, train_settings
 
 
 def test_a_decaying_schedule_of_another_length_is_another_run(tmp_path):
     cache = SimpleNamespace(folder=str(tmp_path / "cache" / "0123"))
     poly = get_params("smoke", work_dir=str(tmp_path))
-    assert poly["schedule"] == "poly"
-    longer = {**poly, "epochs": poly["epochs"] * 2}
+    assert poly.schedule == "poly"
+    longer = poly.replace(epochs=poly.epochs * 2)
     assert run_dir(poly, "unet", 0, cache) != run_dir(longer, "unet", 0, cache)
-    budget = {**poly, "schedule": "constant", "train_minutes": 1.0}
-    assert run_dir(budget, "unet", 0, cache) != run_dir({**budget, "epochs": 99}, "unet", 0, cache)
+    budget = poly.replace(schedule="constant", train_minutes=1.0)
+    assert run_dir(budget, "unet", 0, cache) != run_dir(budget.replace(epochs=99), "unet", 0, cache)
 
 
 def test_more_epochs_at_a_constant_rate_continue_the_finished_run(tmp_path):
     cache = SimpleNamespace(folder=str(tmp_path / "cache" / "0123"))
     constant = get_params("smoke", work_dir=str(tmp_path), schedule="constant")
-    more = {**constant, "epochs": constant["epochs"] + 4}
+    more = constant.replace(epochs=constant.epochs + 4)
     folder = run_dir(constant, "unet", 0, cache)
     assert folder == run_dir(more, "unet", 0, cache)
     assert _needs_training(folder, train_settings(constant, "unet", 0))  # nothing trained yet
     folder.mkdir(parents=True)
     (folder / "model.pt").write_bytes(b"")
-    (folder / "run.json").write_text(json.dumps({"epochs": constant["epochs"]}))
+    (folder / "run.json").write_text(json.dumps({"epochs": constant.epochs}))
     assert not _needs_training(folder, train_settings(constant, "unet", 0))
     assert _needs_training(folder, train_settings(more, "unet", 0))
     poly = get_params("smoke", work_dir=str(tmp_path))
-    assert not _needs_training(folder, train_settings({**poly, "epochs": 99}, "unet", 0))
+    assert not _needs_training(folder, train_settings(poly.replace(epochs=99), "unet", 0))
 
 
 def test_the_run_on_every_case_has_its_own_name_and_settings(tmp_path):
@@ -63,7 +63,7 @@ def _mask_file(path: Path, shape, box) -> Path:
 def test_the_conversion_check_scores_converted_masks_and_names_a_grid_mismatch(tmp_path):
     import pandas as pd
 
-    from mstt_lib.dataset import conversion_check
+    from mstt_lib.pipeline import conversion_check
 
     half = (slice(0, 4), slice(0, 8), slice(0, 8))
     reference = {c: _mask_file(tmp_path / f"{c}_ref.nii.gz", (8, 8, 8), half) for c in ("A", "B")}
@@ -85,7 +85,7 @@ def test_the_conversion_check_scores_converted_masks_and_names_a_grid_mismatch(t
 def test_predicted_dice_adds_each_predictions_dice_to_the_status_table(tmp_path):
     import pandas as pd
 
-    from mstt_lib.dataset import predicted_dice
+    from mstt_lib.pipeline import predicted_dice
 
     box = (slice(0, 4), slice(0, 8), slice(0, 8))
     _mask_file(tmp_path / "A.nii.gz", (8, 8, 8), box)

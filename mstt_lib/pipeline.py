@@ -1,9 +1,15 @@
-"""The cohort a parameter set names, and where each stage keeps its files for it.
+"""The pipeline layer: a parameter set's stages, where each keeps its files, and the runs over them.
 
-Stages hand over files: the cohort (``data/synthetic-<set>`` or the user's folder),
-the registered cohort (``<work_dir>/registration/<cohort>-<transform>``) and the
-slice cache (``<work_dir>/cache/<hash>``). Each function here runs its stage only
-when its files are missing, so any notebook can be rerun on its own.
+A ``Params`` (``mstt_lib.params``) names everything; this module turns it into each stage's
+settings and folder and runs the stages in order, each only when its files are missing, so any
+notebook can be rerun on its own. Stages hand over files: the cohort (``data/synthetic-<set>``
+or the user's folder), the registered cohort (``<work_dir>/registration/<cohort>-<transform>``),
+the slice cache (``<work_dir>/cache/<hash>``), the training runs
+(``<work_dir>/runs/<cohort>/<model>-fold<k>-<hash>``, ``<model>-all-<hash>`` for the run on every
+case, ``<model>-ensemble-<hash>`` for the folds' ensemble) and the scored predictions
+(``<work_dir>/evaluation/<cohort>/...``). The hashes cover the settings and inputs a folder
+depends on, so changed settings never reuse an old folder. The book's notebooks, ``mstt-book
+grid`` and ``mstt_lib.launch`` call it; the stages themselves know no parameter set.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import pandas as pd
 
 from mstt_lib.cohort import TISSUES, CaseProblem, load_cohort, read_cohort
 from mstt_lib.io import short_digest
+from mstt_lib.params import PAPER_RECIPE, Params
 from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort
 
 __all__ = [
@@ -50,26 +57,26 @@ __all__ = [
 _CHECKED: dict[tuple, tuple[pd.DataFrame, list[CaseProblem]]] = {}
 
 
-def cohort_dir(params: dict[str, Any]) -> Path:
+def cohort_dir(params: Params) -> Path:
     """Where the set's cohort lives: ``<data_dir>/synthetic-<set>`` or the given folder."""
-    if params["cohort"] == "synthetic":
-        return Path(params["data_dir"]) / f"synthetic-{params['set']}"
-    return Path(params["cohort"]).expanduser().resolve()
+    if params.cohort == "synthetic":
+        return params.data_dir / f"synthetic-{params.set}"
+    return Path(params.cohort).expanduser().resolve()
 
 
-def open_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd.DataFrame, list[CaseProblem]]:
+def open_cohort(params: Params, progress: bool = True) -> tuple[pd.DataFrame, list[CaseProblem]]:
     """Validated case table of the set's cohort, generating the synthetic one if needed.
 
     Returns the good cases and the skipped ones (empty unless
-    ``params['skip_bad_cases']``; otherwise a bad case raises ``CohortError``).
+    ``params.skip_bad_cases``; otherwise a bad case raises ``CohortError``).
     """
     root = cohort_dir(params)
-    if params["cohort"] == "synthetic":
+    if params.cohort == "synthetic":
         settings = PhantomSettings(
-            n_cases=params["n_cases"],
-            seed=params["seed"],
-            matrix=params["phantom_matrix"],
-            n_slices=params["phantom_slices"],
+            n_cases=params.n_cases,
+            seed=params.seed,
+            matrix=params.phantom_matrix,
+            n_slices=params.phantom_slices,
         )
         # The default folder is the library's own cache: remade when the settings change.
         generate_cohort(root, settings, progress=progress, replace_stale=True)
@@ -78,12 +85,12 @@ def open_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd.DataF
     # tells a changed cohort.
     table = next((root / n for n in ("cohort.csv", "dataset.json") if (root / n).is_file()), root)
     stamp = table.stat().st_mtime_ns if table.exists() else None
-    key = (str(root), tuple(params["modalities"]), params["skip_bad_cases"], stamp)
+    key = (str(root), params.modalities, params.skip_bad_cases, stamp)
     if key not in _CHECKED or stamp is None:
         _CHECKED[key] = load_cohort(
             root,
-            modalities=tuple(params["modalities"]),
-            skip_bad=params["skip_bad_cases"],
+            modalities=params.modalities,
+            skip_bad=params.skip_bad_cases,
             progress=progress,
         )
     cases, problems = _CHECKED[key]
@@ -109,38 +116,36 @@ def select_cases(cases: pd.DataFrame, per_tissue: int | None) -> pd.DataFrame:
     )
 
 
-def selected_cases(params: dict[str, Any], progress: bool = True) -> pd.DataFrame:
+def selected_cases(params: Params, progress: bool = True) -> pd.DataFrame:
     """The checked cases the later stages work on: ``cases_per_tissue`` of each tissue."""
     cases, _ = open_cohort(params, progress=progress)
-    return select_cases(cases, params["cases_per_tissue"])
+    return select_cases(cases, params.cases_per_tissue)
 
 
-def phantom_truth(params: dict[str, Any]) -> pd.DataFrame | None:
+def phantom_truth(params: Params) -> pd.DataFrame | None:
     """The synthetic cohort's recorded truth (misalignment, volumes), or None for real data."""
     path = cohort_dir(params) / TRUTH_FILE
     return pd.read_csv(path) if path.is_file() else None
 
 
-def registration_settings(params: dict[str, Any]):
+def registration_settings(params: Params):
     from mstt_lib.registration import RegistrationSettings
 
     return RegistrationSettings(
-        transform=params["registration"],
-        seed=params["seed"],
-        min_mutual_information=params["registration_min_mi"],
+        transform=params.registration,
+        seed=params.seed,
+        min_mutual_information=params.registration_min_mi,
     )
 
 
-def registration_dir(params: dict[str, Any]) -> Path:
+def registration_dir(params: Params) -> Path:
     """``<work_dir>/registration/<cohort>-<transform>-<settings hash>``."""
     return (
-        Path(params["work_dir"])
-        / "registration"
-        / f"{cohort_dir(params).name}-{registration_settings(params).key()}"
+        params.work_dir / "registration" / f"{cohort_dir(params).name}-{registration_settings(params).key()}"
     )
 
 
-def registered_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+def registered_cohort(params: Params, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The set's cases registered T1 onto T2 (registering those not done yet).
 
     Returns the registered case table (only cases whose registration passed) and the
@@ -149,14 +154,14 @@ def registered_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd
     from mstt_lib.registration import register_cohort
 
     cases = selected_cases(params, progress)
-    if "T2" not in params["modalities"] or "T1" not in params["modalities"]:
+    if "T2" not in params.modalities or "T1" not in params.modalities:
         return cases.assign(native_mask=cases["mask"]), pd.DataFrame(
             {"case_id": cases["case_id"], "status": "ok"}
         )
     settings = registration_settings(params)
     folder = registration_dir(params)
     quality = register_cohort(
-        cases, folder, settings, truth=phantom_truth(params), workers=params["workers"], progress=progress
+        cases, folder, settings, truth=phantom_truth(params), workers=params.workers, progress=progress
     )
     registered, _ = read_cohort(folder)
     native = cases.set_index("case_id")["mask"]
@@ -164,80 +169,80 @@ def registered_cohort(params: dict[str, Any], progress: bool = True) -> tuple[pd
     return registered, quality
 
 
-def cache_settings(params: dict[str, Any]):
+def cache_settings(params: Params):
     from mstt_lib.slices import CacheSettings
 
     return CacheSettings(
-        modalities=tuple(params["modalities"]),
-        spacing_mm=float(params["spacing_mm"]),
-        low_percentile=float(params["low_percentile"]),
-        high_percentile=float(params["high_percentile"]),
+        modalities=params.modalities,
+        spacing_mm=float(params.spacing_mm),
+        low_percentile=float(params.low_percentile),
+        high_percentile=float(params.high_percentile),
     )
 
 
-def slice_cache(params: dict[str, Any], progress: bool = True):
+def slice_cache(params: Params, progress: bool = True):
     """The set's slice cache (``SliceCache``), built from the registered cohort if needed."""
     from mstt_lib.slices import SliceCache, build_cache
 
     registered, _ = registered_cohort(params, progress=progress)
     folder = build_cache(
         registered,
-        Path(params["work_dir"]) / "cache",
+        params.work_dir / "cache",
         cache_settings(params),
-        workers=params["workers"],
+        workers=params.workers,
         progress=progress,
-        skip_bad=params["skip_bad_cases"],
+        skip_bad=params.skip_bad_cases,
     )
     return SliceCache(folder)
 
 
-def splits(params: dict[str, Any], cases: pd.DataFrame) -> list[dict[str, list[str]]]:
+def splits(params: Params, cases: pd.DataFrame) -> list[dict[str, list[str]]]:
     """The folds of these cases: ``<work_dir>/splits/<cohort>-<cases hash>.json``, made once."""
 
     from mstt_lib.folds import ensure_splits
 
     digest = short_digest(sorted(cases["case_id"]))
-    path = Path(params["work_dir"]) / "splits" / f"{cohort_dir(params).name}-{len(cases)}cases-{digest}.json"
-    if params["fold_scheme"] != "stratified":
-        path = path.with_name(path.stem + f"-{params['fold_scheme']}.json")
-    return ensure_splits(cases, path, params["n_folds"], params["fold_seed"], params["fold_scheme"])
+    path = params.work_dir / "splits" / f"{cohort_dir(params).name}-{len(cases)}cases-{digest}.json"
+    if params.fold_scheme != "stratified":
+        path = path.with_name(path.stem + f"-{params.fold_scheme}.json")
+    return ensure_splits(cases, path, params.n_folds, params.fold_seed, params.fold_scheme)
 
 
-def train_settings(params: dict[str, Any], model: str, fold: int | None):
+def train_settings(params: Params, model: str, fold: int | None):
     """The ``TrainSettings`` of one (model, fold) run of the set."""
     from mstt_lib.devices import resolve_device
     from mstt_lib.train import TrainSettings
 
-    weights = params["unet_weights"] if model == "unet" else params["litemedsam_weights"]
+    weights = params.unet_weights if model == "unet" else params.litemedsam_weights
     # Loader processes feed a GPU; on a CPU they would take the model's cores.
-    on_gpu = resolve_device(params["device"]).type == "cuda"
+    on_gpu = resolve_device(params.device).type == "cuda"
     return TrainSettings(
         model=model,
         fold=None if fold is None else int(fold),
-        epochs=int(params["epochs"]),
-        batch_size=int(params["batch_size"]),
-        lr=float(params["lr"]),
-        encoder=params["encoder"],
+        epochs=int(params.epochs),
+        batch_size=int(params.batch_size),
+        lr=float(params.lr),
+        encoder=params.encoder,
         weights=None if weights is None else str(weights),
-        loss=params["loss"],
+        loss=params.loss,
         # LiteMedSAM's image encoder takes 256 x 256 only, whatever the set's U-Net crops.
-        image_size=256 if model == "litemedsam" else int(params["image_size"]),
-        min_tumour_voxels=int(params["min_tumour_voxels"]),
-        augment=bool(params["augment"]),
-        samples_per_epoch=params["samples_per_epoch"],
-        val_samples=params["val_samples"],
-        seed=int(params["seed"]),
-        device=params["device"],
-        loader_workers=int(params["workers"]) if on_gpu else 0,
-        foreground_fraction=params["foreground_fraction"],
-        schedule=params["schedule"],
-        keep=params["keep"],
-        train_minutes=params["train_minutes"],
-        first_conv=params["first_conv"],
+        image_size=256 if model == "litemedsam" else int(params.image_size),
+        min_tumour_voxels=int(params.min_tumour_voxels),
+        augment=bool(params.augment),
+        samples_per_epoch=params.samples_per_epoch,
+        val_samples=params.val_samples,
+        seed=int(params.seed),
+        device=params.device,
+        loader_workers=int(params.workers) if on_gpu else 0,
+        foreground_fraction=params.foreground_fraction,
+        schedule=params.schedule,
+        keep=params.keep,
+        train_minutes=params.train_minutes,
+        first_conv=params.first_conv,
     )
 
 
-def run_dir(params: dict[str, Any], model: str, fold: int | None, cache) -> Path:
+def run_dir(params: Params, model: str, fold: int | None, cache) -> Path:
     """``<work_dir>/runs/<cohort>/<model>-fold<k>-<hash>``: one folder per run.
 
     The hash covers the training settings and the slice cache the run reads, so changed
@@ -252,12 +257,10 @@ def run_dir(params: dict[str, Any], model: str, fold: int | None, cache) -> Path
         settings.pop("epochs")
     settings["cache"] = Path(cache.folder).name
     name = f"{model}-all" if fold is None else f"{model}-fold{fold}"
-    return Path(params["work_dir"]) / "runs" / cohort_dir(params).name / f"{name}-{short_digest(settings)}"
+    return params.work_dir / "runs" / cohort_dir(params).name / f"{name}-{short_digest(settings)}"
 
 
-def train_run(
-    params: dict[str, Any], model: str, fold: int | None, cache=None, progress: bool = True
-) -> Path:
+def train_run(params: Params, model: str, fold: int | None, cache=None, progress: bool = True) -> Path:
     """Train (or resume, or find finished) one (model, fold) run of the set; its folder.
 
     Fold None is the run on every case (``final_run``). The folder also records the
@@ -278,10 +281,10 @@ def train_run(
         else:
             folds = splits(params, cases)
             train_cases, val_cases = folds[fold]["train"], folds[fold]["val"]
-        if params["keep"] == "best":
+        if params.keep == "best":
             # The checkpoint is chosen on cases held out of training, never on the fold's test
             # cases: otherwise cross-validation would score the checkpoint it picked with them.
-            train_cases, val_cases = _hold_out(train_cases, params["seed"])
+            train_cases, val_cases = _hold_out(train_cases, params.seed)
         settings = train_settings(params, model, fold)
         if main:
             _record_plans(params, folder, cache, settings.image_size, train_cases, val_cases)
@@ -295,9 +298,7 @@ def train_run(
     return folder
 
 
-def _record_plans(
-    params: dict[str, Any], folder: Path, cache, image_size: int, train_cases, val_cases
-) -> None:
+def _record_plans(params: Params, folder: Path, cache, image_size: int, train_cases, val_cases) -> None:
     """``plans.json`` (``mstt_lib.plans``): what a predictor needs to treat new cases as this run's.
 
     The data fingerprint hashes the cohort's own files (not the registered copies) of the cases
@@ -305,16 +306,16 @@ def _record_plans(
     """
     from mstt_lib.plans import data_fingerprint, write_plans
 
-    registered = {"T1", "T2"} <= set(params["modalities"])
+    registered = {"T1", "T2"} <= set(params.modalities)
     used = set(train_cases) | set(val_cases)
     originals = selected_cases(params, progress=False)
     fingerprint = data_fingerprint(
-        originals[originals["case_id"].isin(used)], cache_file=Path(params["work_dir"]) / "file_hashes.json"
+        originals[originals["case_id"].isin(used)], cache_file=params.work_dir / "file_hashes.json"
     )
     folder.mkdir(parents=True, exist_ok=True)
     write_plans(
         folder,
-        parameter_set=params,
+        parameter_set=params.to_dict(),
         registration=registration_settings(params) if registered else None,
         preprocessing={**cache.manifest["settings"], "channels": cache.manifest["channels"]},
         image_size=image_size,
@@ -324,13 +325,13 @@ def _record_plans(
     )
 
 
-def train_grid(params: dict[str, Any], cache=None, progress: bool = True) -> tuple[list[Path], pd.DataFrame]:
+def train_grid(params: Params, cache=None, progress: bool = True) -> tuple[list[Path], pd.DataFrame]:
     """Train (or resume, or find) every (model, fold) run of the set: their folders, and one
     per-epoch history table with ``model``, ``fold`` and ``run`` columns (chapter 4)."""
     cache = cache or slice_cache(params, progress=progress)
     runs, histories = [], []
-    for name in params["models"]:
-        for fold in params["folds"]:
+    for name in params.models:
+        for fold in params.folds:
             folder = train_run(params, name, fold, cache, progress=progress)
             runs.append(folder)
             history = pd.read_csv(folder / "history.csv")
@@ -338,9 +339,7 @@ def train_grid(params: dict[str, Any], cache=None, progress: bool = True) -> tup
     return runs, pd.concat(histories, ignore_index=True)
 
 
-def external_results(
-    params: dict[str, Any], external_cohort: str | Path, progress: bool = True
-) -> pd.DataFrame:
+def external_results(params: Params, external_cohort: str | Path, progress: bool = True) -> pd.DataFrame:
     """Each model's fold runs, averaged, scored on an external cohort (``domain`` "external").
 
     Predictions and scores go to ``<work_dir>/evaluation/<cohort>/external-<model>-<hash>``,
@@ -350,18 +349,16 @@ def external_results(
 
     cache = slice_cache(params, progress=progress)
     scores = []
-    for name in params["models"]:
-        runs = [run_dir(params, name, fold, cache) for fold in params["folds"]]
-        what = [[r.name for r in runs], str(Path(external_cohort).resolve()), params["tta"], params["planes"]]
+    for name in params.models:
+        runs = [run_dir(params, name, fold, cache) for fold in params.folds]
+        what = [[r.name for r in runs], str(Path(external_cohort).resolve()), params.tta, params.planes]
         out = (
             runs[0].parent.parent.parent
             / "evaluation"
             / runs[0].parent.name
             / f"external-{name}-{short_digest(what)}"
         )
-        external = evaluate_external(
-            runs, external_cohort, out, params["tta"], params["planes"], progress=progress
-        )
+        external = evaluate_external(runs, external_cohort, out, params.tta, params.planes, progress=progress)
         scores.append(external.assign(model=name, domain="external"))
     return pd.concat(scores, ignore_index=True)
 
@@ -425,14 +422,14 @@ def _hold_out(case_ids: list[str], seed: int, fraction: float = 0.2) -> tuple[li
     return [c for c in ordered if c not in held], sorted(held)
 
 
-def evaluation_dir(params: dict[str, Any], model: str, fold: int, cache) -> Path:
+def evaluation_dir(params: Params, model: str, fold: int, cache) -> Path:
     """``<work_dir>/evaluation/<cohort>/<run>-<tta>-<planes>``: predictions and metrics.csv."""
     run = run_dir(params, model, fold, cache)
-    planes = "".join(p[0] for p in params["planes"])
-    return Path(params["work_dir"]) / "evaluation" / run.parent.name / f"{run.name}-{params['tta']}-{planes}"
+    planes = "".join(p[0] for p in params.planes)
+    return params.work_dir / "evaluation" / run.parent.name / f"{run.name}-{params.tta}-{planes}"
 
 
-def cross_validation_results(params: dict[str, Any], progress: bool = True) -> pd.DataFrame:
+def cross_validation_results(params: Params, progress: bool = True) -> pd.DataFrame:
     """Per-case metrics of every (model, fold) run of the set on its validation cases.
 
     Trains the runs that are missing and scores the cases not scored yet (both resume).
@@ -447,11 +444,11 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
     cases = registered[registered["case_id"].isin(cache.case_ids)]
     folds = splits(params, cases)
     results = []
-    for name in params["models"]:
-        for fold in params["folds"]:
+    for name in params.models:
+        for fold in params.folds:
             folder = train_run(params, name, fold, cache, progress=progress)
             val = cases[cases["case_id"].isin(folds[fold]["val"])].sort_values("case_id")
-            limit = params["eval_cases"]
+            limit = params.eval_cases
             limit = limit.get(name) if isinstance(limit, dict) else limit
             if limit is not None:
                 val = val.head(limit)
@@ -460,10 +457,10 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
                 cache,
                 val,
                 evaluation_dir(params, name, fold, cache),
-                params["tta"],
-                params["planes"],
-                params["inference_batch_size"],
-                device=resolve_device(params["device"]),
+                params.tta,
+                params.planes,
+                params.inference_batch_size,
+                device=resolve_device(params.device),
                 progress=progress,
             )
             predictions = evaluation_dir(params, name, fold, cache)
@@ -478,45 +475,41 @@ def cross_validation_results(params: dict[str, Any], progress: bool = True) -> p
     return results.merge(cases[["case_id", "tissue", "site", "native_mask"]], on="case_id")
 
 
-def final_run(params: dict[str, Any], model: str, progress: bool = True) -> Path:
+def final_run(params: Params, model: str, progress: bool = True) -> Path:
     """A run trained on every case of the set (no validation cases), for new cases.
 
     ``<work_dir>/runs/<cohort>/<model>-all-<hash>``, trained once (resumes), in the
     layout ``mstt-predict`` reads. Its training settings are the set's, with the
     ``final_minutes`` budget when one is set; ``fold`` is None.
     """
-    if params["final_minutes"] is not None:
-        params = {**params, "train_minutes": params["final_minutes"]}
+    if params.final_minutes is not None:
+        params = params.replace(train_minutes=params.final_minutes)
     return train_run(params, model, None, progress=progress)
 
 
-def run_dirs(params: dict[str, Any], models=None) -> list[Path]:
+def run_dirs(params: Params, models=None) -> list[Path]:
     """The run folders of the set's (model, fold) grid (trained or not)."""
     cache = slice_cache(params, progress=False)
     return [
-        run_dir(params, model, fold, cache)
-        for model in (models or params["models"])
-        for fold in params["folds"]
+        run_dir(params, model, fold, cache) for model in (models or params.models) for fold in params.folds
     ]
 
 
-def caption(params: dict[str, Any], models=None, extra: str = "") -> str:
+def caption(params: Params, models=None, extra: str = "") -> str:
     """The provenance line of a table or figure made from the set's cross-validation runs."""
     from mstt_lib.provenance import caption as provenance_caption
 
-    inference = f"TTA {params['tta']} over {len(params['planes'])} plane(s)"
+    inference = f"TTA {params.tta} over {len(params.planes)} plane(s)"
     return provenance_caption(params, run_dirs(params, models), ", ".join(p for p in (inference, extra) if p))
 
 
-def paper_recipe(params: dict[str, Any]) -> dict[str, Any]:
+def paper_recipe(params: Params) -> Params:
     """The set with the paper's training recipe (tumour slices only, BCE, constant rate 1e-4,
     last weights, no post-processing) at the set's own grid, budget and weights."""
-    from mstt_lib.params import PAPER_RECIPE
-
-    return {**params, **PAPER_RECIPE}
+    return params.replace(**PAPER_RECIPE)
 
 
-def fold_ensemble(params: dict[str, Any], model: str, results: pd.DataFrame) -> Path:
+def fold_ensemble(params: Params, model: str, results: pd.DataFrame) -> Path:
     """The set's fold runs of ``model`` as one ensemble folder that ``mstt-predict -r`` takes.
 
     ``<work_dir>/runs/<cohort>/<model>-ensemble-<hash>/``: ``ensemble.json`` lists the
@@ -530,22 +523,22 @@ def fold_ensemble(params: dict[str, Any], model: str, results: pd.DataFrame) -> 
     from mstt_lib.postprocess import choose_from_results, write_choice
 
     cache = slice_cache(params, progress=False)
-    runs = [run_dir(params, model, fold, cache) for fold in params["folds"]]
+    runs = [run_dir(params, model, fold, cache) for fold in params.folds]
     folder = runs[0].parent / f"{model}-ensemble-{short_digest([r.name for r in runs])}"
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "ensemble.json") as tmp:
         tmp.write_text(json.dumps({"runs": [r.name for r in runs]}, indent=1))
     scored = results[results["model"] == model] if "model" in results else results
-    if params["postprocess"] == "auto":
+    if params.postprocess == "auto":
         decision = choose_from_results(scored)
     else:
-        kind = params["postprocess"] or "none"
+        kind = params.postprocess or "none"
         decision = {"postprocessing": kind, "rule": "fixed by the parameter set"}
     write_choice(folder, decision)
     return folder
 
 
-def cohort_statistics(params: dict[str, Any], cases: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+def cohort_statistics(params: Params, cases: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
     """``analysis.tumour_statistics`` of the cases, kept in ``<work_dir>/statistics/``.
 
     The file is named by a hash of the cases' files (paths, sizes, times), so new data
@@ -562,7 +555,7 @@ def cohort_statistics(params: dict[str, Any], cases: pd.DataFrame, progress: boo
         for path in (row.get("t1"), row.get("t2"), row.get("mask"))
         if isinstance(path, str) and path
     ]
-    path = Path(params["work_dir"]) / "statistics" / f"{cohort_dir(params).name}-{short_digest(stamp)}.csv"
+    path = params.work_dir / "statistics" / f"{cohort_dir(params).name}-{short_digest(stamp)}.csv"
     if path.is_file():
         return pd.read_csv(path)
     statistics = tumour_statistics(cases, progress=progress)
