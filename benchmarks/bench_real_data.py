@@ -10,8 +10,11 @@ one modality, T2, so that both see 3 channels and no registration. Every stage r
 fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` on a GPU.
 
 ``--recipes`` compares the set's training recipe with the paper's (``pipeline.paper_recipe``)
-on the same folds, per case with a Wilcoxon signed-rank test; ``--minutes 15 30 60`` does so
-at equal CPU budgets in total (each of the five fold runs gets a fifth, as ``train_minutes``).
+on the same folds, per case with a Wilcoxon signed-rank test, on the real data and on the
+synthetic cohort (``--skip-real``/``--skip-synthetic`` leave one out); ``--minutes 15 30 60``
+does so at equal CPU budgets in total (each of the five fold runs gets a fifth, as
+``train_minutes``). ``--threads 1`` runs torch on one core, so that the real and the synthetic
+comparison can run side by side on a 2-core machine, each with a core's minutes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from _record import PeakMemory, record
 
@@ -84,12 +88,13 @@ def summary(results, name: str, seconds: float, peak: float) -> list[tuple[str, 
     ]
 
 
-def compare_recipes(real: Params, minutes: float | None) -> list[tuple[str, str, str]]:
+def compare_recipes(params: Params, minutes: float | None, cohort: str) -> list[tuple[str, str, str]]:
     """The set's recipe and the paper's on the same folds at the same budget: Dice per case."""
     import pandas as pd
 
-    budget_params = real if minutes is None else real.replace(train_minutes=minutes / len(real.folds))
-    label = "same steps" if minutes is None else f"{minutes:g} CPU-minutes of training in total"
+    budget_params = params if minutes is None else params.replace(train_minutes=minutes / len(params.folds))
+    spent = "same steps" if minutes is None else f"{minutes:g} CPU-minutes of training in total"
+    label = f"{cohort}, {spent}"
     scored = {}
     rows = []
     recipes = (("set recipe", budget_params), ("paper recipe", pipeline.paper_recipe(budget_params)))
@@ -128,19 +133,35 @@ def main() -> None:
     parser.add_argument(
         "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter (YAML value)"
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = {name: yaml.safe_load(value) for name, value in args.p}
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstt-bench-") as work:
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
         rows.append(("training budget", budget(real), ""))
+        synthetic = real_data_params(
+            args.set,
+            cohort="synthetic",
+            modalities=("T2",),
+            n_cases=30,
+            data_dir=work,
+            work_dir=work,
+            **{k: getattr(real, k) for k in SAME_BUDGET},
+        )
         if args.recipes:
-            if not Path(real.cohort).is_dir():
-                raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
-            for minutes in args.minutes or [None]:
-                rows += compare_recipes(real, minutes)
-            record(f"Real data: the {args.set} set's recipe against the paper's, same folds and budget", rows)
+            cohorts = [] if args.skip_real else [("real data", real)]
+            cohorts += [] if args.skip_synthetic else [("synthetic (30 cases, T2 only)", synthetic)]
+            for cohort, params in cohorts:
+                if cohort == "real data" and not Path(real.cohort).is_dir():
+                    raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
+                for minutes in args.minutes or [None]:
+                    rows += compare_recipes(params, minutes, cohort)
+            threads = f", {torch.get_num_threads()} torch thread(s)"
+            record(f"The {args.set} set's recipe against the paper's, same folds and budget{threads}", rows)
             return
         if not args.skip_real:
             if not Path(real.cohort).is_dir():
@@ -157,16 +178,6 @@ def main() -> None:
                 )
             )
         if not args.skip_synthetic:
-            same_budget = {k: getattr(real, k) for k in SAME_BUDGET}
-            synthetic = real_data_params(
-                args.set,
-                cohort="synthetic",
-                modalities=("T2",),
-                n_cases=30,
-                data_dir=work,
-                work_dir=work,
-                **same_budget,
-            )
             results, seconds, peak = cross_validate(synthetic)
             name = f"synthetic, same budget ({results['case_id'].nunique()} cases, T2 only)"
             rows += summary(results, name, seconds, peak)
