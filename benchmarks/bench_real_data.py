@@ -142,7 +142,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstt-bench-") as work:
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
-        rows.append(("training budget", budget(real), ""))
+        label = "training budget"
+        if args.recipes and args.minutes:
+            label += " (the epochs shown are the set's; each budget in minutes sets each run's own)"
+        rows.append((label, budget(real), ""))
         synthetic = real_data_params(
             args.set,
             cohort="synthetic",
