@@ -142,6 +142,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstt-bench-") as work:
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
+        if not args.skip_real and not Path(real.cohort).is_dir():
+            raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
         label = "training budget"
         if args.recipes and args.minutes:
             label += " (the epochs shown are the set's; each budget in minutes sets each run's own)"
@@ -159,16 +161,12 @@ def main() -> None:
             cohorts = [] if args.skip_real else [("real data", real)]
             cohorts += [] if args.skip_synthetic else [("synthetic (30 cases, T2 only)", synthetic)]
             for cohort, params in cohorts:
-                if cohort == "real data" and not Path(real.cohort).is_dir():
-                    raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
                 for minutes in args.minutes or [None]:
                     rows += compare_recipes(params, minutes, cohort)
             threads = f", {torch.get_num_threads()} torch thread(s)"
             record(f"The {args.set} set's recipe against the paper's, same folds and budget{threads}", rows)
             return
         if not args.skip_real:
-            if not Path(real.cohort).is_dir():
-                raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
             results, seconds, peak = cross_validate(real)
             rows += summary(results, f"real data ({results['case_id'].nunique()} T1 cases)", seconds, peak)
             rows.append(
