@@ -20,6 +20,8 @@ comparison can run side by side on a 2-core machine, each with a core's minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -134,13 +136,22 @@ def main() -> None:
         "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter (YAML value)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="keep runs and predictions here (default: temporary)",
+    )
     args = parser.parse_args()
     if args.threads:
+        # The variable, not only torch's setting: scoring calls infer.set_inference_threads, which
+        # keeps a thread count chosen this way and would otherwise raise it to every core.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
     overrides = {name: yaml.safe_load(value) for name, value in args.p}
 
     rows = []
-    with tempfile.TemporaryDirectory(prefix="mstt-bench-") as work:
+    keep = contextlib.nullcontext(args.work_dir) if args.work_dir else None
+    with keep or tempfile.TemporaryDirectory(prefix="mstt-bench-") as work:
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
         if not args.skip_real and not Path(real.cohort).is_dir():
             raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
