@@ -73,6 +73,20 @@ class PeakMemory:
         return self.peak / 2**30
 
 
+def use_threads(count: int | None) -> None:
+    """Run torch on ``count`` threads (None: torch's default) for the whole benchmark.
+
+    The variable as well as torch's setting: scoring calls ``infer.set_inference_threads``,
+    which keeps a count chosen this way and would otherwise raise torch to every core, so
+    side-by-side runs would oversubscribe the machine after their first scoring.
+    """
+    if count:
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = str(count)
+        torch.set_num_threads(count)
+
+
 def record(title: str, rows: list[tuple[str, str, str]]) -> None:
     """Print the figures and append them as a table to results.md: (measure, value, target)."""
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")

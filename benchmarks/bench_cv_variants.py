@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from _record import record
+from _record import record, use_threads
 
 from mstt_lib import pipeline
 from mstt_lib.params import real_data_params
@@ -37,11 +36,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--work-dir", default=None, help="keep runs here (default: a temporary folder)")
     args = parser.parse_args()
-    if args.threads:
-        # The variable, not only torch's setting: scoring calls infer.set_inference_threads, which
-        # keeps a thread count chosen this way and would otherwise raise it to every core.
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = Path(args.work_dir or scratch)
         rows = []

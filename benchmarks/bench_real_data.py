@@ -20,8 +20,6 @@ comparison can run side by side on a 2-core machine, each with a core's minutes.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from _record import PeakMemory, record
+from _record import PeakMemory, record, use_threads
 
 from mstt_lib import pipeline
 from mstt_lib.analysis import bootstrap_ci, paired_comparison
@@ -142,16 +140,12 @@ def main() -> None:
         help="keep runs and predictions here (default: temporary)",
     )
     args = parser.parse_args()
-    if args.threads:
-        # The variable, not only torch's setting: scoring calls infer.set_inference_threads, which
-        # keeps a thread count chosen this way and would otherwise raise it to every core.
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     overrides = {name: yaml.safe_load(value) for name, value in args.p}
 
     rows = []
-    keep = contextlib.nullcontext(args.work_dir) if args.work_dir else None
-    with keep or tempfile.TemporaryDirectory(prefix="mstt-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="mstt-bench-") as scratch:
+        work = args.work_dir or scratch
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
         if not args.skip_real and not Path(real.cohort).is_dir():
             raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
