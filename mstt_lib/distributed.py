@@ -67,7 +67,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if dist.get_world_size() == 1:
             return super().forward(input)
         all_reduce = _SummedOverProcesses.apply
-        x = input.float()
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # half precision sums in float32
         dims = (0, 2, 3)
         count = all_reduce(x.new_full((1,), x.numel() / x.shape[1]))
         mean = all_reduce(x.sum(dims)) / count
