@@ -1,9 +1,9 @@
 """Ensemble folders: the fold models of a cross-validation, used as one model for new cases.
 
 An ensemble folder (``pipeline.fold_ensemble`` writes it) holds ``ensemble.json``, the
-names of the fold run folders beside it, and ``postprocessing.json``, the step chosen by
-cross-validation. ``mstt-predict -r`` takes it like a run folder: the folds' logits are
-averaged (as nnU-Net ensembles its five folds) and the recorded step is applied.
+names of the fold run folders beside it, and ``postprocessing.json``, the threshold and
+step chosen by cross-validation. ``mstt-predict -r`` takes it like a run folder: the folds'
+logits are averaged (as nnU-Net ensembles its five folds) and the recorded choice applied.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mstt_lib.postprocess import read_choice
+from mstt_lib.postprocess import Choice, read_choice
 
 __all__ = ["ENSEMBLE_FILE", "resolve_runs"]
 
@@ -35,11 +35,11 @@ def _members(folder: Path) -> list[Path]:
     return members
 
 
-def resolve_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Path], str]:
+def resolve_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Path], Choice]:
     """(the run folders to average, the post-processing to apply) for ``-r`` arguments.
 
     Ensemble folders expand into their fold runs; a plain run folder stands for itself. The
-    post-processing is the one recorded in the folders given (``"none"`` where none is); folders
+    post-processing is the one recorded in the folders given (the plain mask where none is); folders
     that record different steps cannot be combined.
     """
     runs: list[Path] = []
@@ -52,6 +52,7 @@ def resolve_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Path], str
         choices.add(read_choice(folder))
     if len(choices) > 1:
         raise ValueError(
-            f"the run folders record different post-processing {sorted(choices)}: predict with them apart"
+            f"the run folders record different post-processing {sorted(c.label for c in choices)}: "
+            "predict with them apart"
         )
-    return runs, choices.pop() if choices else "none"
+    return runs, choices.pop() if choices else Choice()

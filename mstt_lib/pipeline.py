@@ -513,9 +513,9 @@ def fold_ensemble(params: Params, model: str, results: pd.DataFrame) -> Path:
     """The set's fold runs of ``model`` as one ensemble folder that ``mstt-predict -r`` takes.
 
     ``<work_dir>/runs/<cohort>/<model>-ensemble-<hash>/``: ``ensemble.json`` lists the
-    fold runs (folder names beside it) and ``postprocessing.json`` the step chosen by
-    nnU-Net's rule on the cross-validation ``results`` of those runs (``postprocess``:
-    ``"auto"``), or the set's fixed choice.
+    fold runs (folder names beside it) and ``postprocessing.json`` the threshold and step
+    chosen by nnU-Net's rule on the cross-validation ``results`` of those runs (``postprocess``:
+    ``"auto"``; ``postprocess.choose_from_results``), or the set's fixed choice.
     """
     import json
 
@@ -533,7 +533,7 @@ def fold_ensemble(params: Params, model: str, results: pd.DataFrame) -> Path:
         decision = choose_from_results(scored)
     else:
         kind = params.postprocess or "none"
-        decision = {"postprocessing": kind, "rule": "fixed by the parameter set"}
+        decision = {"postprocessing": kind, "threshold": 0.5, "rule": "fixed by the parameter set"}
     write_choice(folder, decision)
     return folder
 

@@ -42,7 +42,7 @@ from mstt_lib.ensemble import ENSEMBLE_FILE, resolve_runs
 from mstt_lib.infer import load_run, predict_volume, set_inference_threads, to_native, write_prediction
 from mstt_lib.io import atomic_path, describe_error, save_nifti
 from mstt_lib.plans import read_plans, registration_from_plans
-from mstt_lib.postprocess import apply as postprocess
+from mstt_lib.postprocess import Choice, binarize
 from mstt_lib.slices import PLANES, preprocess_read, read_case
 
 __all__ = [
@@ -265,7 +265,7 @@ class Predictor:
         self.batch_size, self.workers, self.progress = int(batch_size), int(workers), progress
         self.run_dirs: list[Path] = []
         self.models: list[torch.nn.Module] = []
-        self.postprocessing = "none"
+        self.postprocessing = Choice()
 
     # ------------------------------------------------------------------ loading
 
@@ -354,10 +354,10 @@ class Predictor:
     def to_grid(
         self, logits: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(probability, mask) on a grid (``shape``, ``target_affine``), the recorded post-processing
-        applied to the mask."""
-        probability, mask = to_native(logits, affine, shape, target_affine)
-        return probability, postprocess(mask, self.postprocessing)
+        """(probability, mask) on a grid (``shape``, ``target_affine``), the mask by the recorded
+        post-processing (threshold, then step)."""
+        probability, _ = to_native(logits, affine, shape, target_affine)
+        return probability, binarize(probability, self.postprocessing)
 
     def predict_array(self, image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probability, mask) of images already on one grid: (C, X, Y, Z) in the order of the runs'
@@ -470,7 +470,8 @@ class Predictor:
                 "runs": [str(d) for d in self.run_dirs],
                 "tta": self.tta,
                 "planes": list(self.planes),
-                "postprocessing": self.postprocessing,
+                "postprocessing": self.postprocessing.kind,
+                "threshold": self.postprocessing.threshold,
                 "registration": None if self.registration is None else self.registration.key(),
                 "seconds_per_plane": timings,
             }

@@ -5,25 +5,26 @@ import json
 import pytest
 
 from mstt_lib.ensemble import resolve_runs
-from mstt_lib.postprocess import write_choice
+from mstt_lib.postprocess import Choice, write_choice
 
 
-def _ensemble(root, names, postprocessing="largest"):
+def _ensemble(root, names, postprocessing="largest", threshold=0.3):
     for name in names:
         (root / name).mkdir(parents=True)
     folder = root / "unet-ensemble-x"
     folder.mkdir()
     (folder / "ensemble.json").write_text(json.dumps({"runs": names}))
-    write_choice(folder, {"postprocessing": postprocessing})
+    write_choice(folder, {"postprocessing": postprocessing, "threshold": threshold})
     return folder
 
 
 def test_an_ensemble_folder_stands_for_its_fold_runs_and_their_post_processing(tmp_path):
     folder = _ensemble(tmp_path, ["unet-fold0-a", "unet-fold1-b"])
     runs, step = resolve_runs([folder])
-    assert runs == [tmp_path / "unet-fold0-a", tmp_path / "unet-fold1-b"] and step == "largest"
+    assert runs == [tmp_path / "unet-fold0-a", tmp_path / "unet-fold1-b"]
+    assert step == Choice("largest", 0.3) and step.label == "largest @ 0.3"
     plain, step = resolve_runs([tmp_path / "unet-fold0-a"])
-    assert plain == [tmp_path / "unet-fold0-a"] and step == "none"
+    assert plain == [tmp_path / "unet-fold0-a"] and step == Choice("none", 0.5)
 
 
 def test_broken_ensembles_and_disagreeing_steps_are_clear_errors(tmp_path):

@@ -1,11 +1,23 @@
-"""Post-processing: the largest component, and nnU-Net's keep-if-it-helps rule."""
+"""Post-processing: the largest component, the threshold, and nnU-Net's keep-if-it-helps rule."""
 
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from mstt_lib.postprocess import apply, choose, largest_component, read_choice, write_choice
+from mstt_lib.io import save_nifti
+from mstt_lib.postprocess import (
+    CANDIDATES,
+    Choice,
+    apply,
+    binarize,
+    choose,
+    choose_from_results,
+    largest_component,
+    read_choice,
+    write_choice,
+)
 
 
 def test_largest_component_keeps_the_biggest_island_and_counts_diagonal_neighbours_as_joined():
@@ -31,17 +43,66 @@ def test_empty_and_single_component_masks_come_back_unchanged():
 
 
 def test_the_step_is_kept_only_when_it_raises_the_mean_dice(tmp_path):
-    helped = choose([0.5, 0.6, 0.7], [0.7, 0.6, 0.7])
-    assert helped["postprocessing"] == "largest" and helped["cases"] == 3
-    hurt = choose([0.5, 0.6, 0.7], [0.5, 0.2, 0.7])
-    assert hurt["postprocessing"] == "none"
-    tie = choose([0.5, 0.6], [0.6, 0.5])
-    assert tie["postprocessing"] == "none"  # no gain, no step
+    plain, largest, low = Choice(), Choice("largest"), Choice("none", 0.3)
+    helped = choose({plain: [0.5, 0.6, 0.7], largest: [0.7, 0.6, 0.7]})
+    assert (helped["postprocessing"], helped["threshold"], helped["cases"]) == ("largest", 0.5, 3)
+    assert helped["mean_dice_raw"] == pytest.approx(0.6)
+    assert helped["mean_dice_chosen"] == pytest.approx(2 / 3)
+    assert helped["mean_dice_by_candidate"] == pytest.approx({"none @ 0.5": 0.6, "largest @ 0.5": 2 / 3})
+    hurt = choose({plain: [0.5, 0.6, 0.7], largest: [0.5, 0.2, 0.7], low: [0.4, 0.6, 0.7]})
+    assert (hurt["postprocessing"], hurt["threshold"]) == ("none", 0.5)
+    tie = choose({largest: [0.6, 0.5], plain: [0.5, 0.6]})
+    assert (tie["postprocessing"], tie["threshold"]) == ("none", 0.5)  # no gain, no step
     with pytest.raises(ValueError):
-        choose([0.5], [0.5, 0.6])
-    write_choice(tmp_path, helped)
-    assert read_choice(tmp_path) == "largest"
-    assert read_choice(tmp_path / "elsewhere") == "none"
+        choose({plain: [0.5], largest: [0.5, 0.6]})
+    with pytest.raises(ValueError, match="plain mask"):
+        choose({largest: [0.5]})
+    write_choice(tmp_path, {**helped, "threshold": 0.3})
+    assert read_choice(tmp_path) == Choice("largest", 0.3)
+    assert read_choice(tmp_path / "elsewhere") == Choice("none", 0.5)
+    (tmp_path / "postprocessing.json").write_text(json.dumps({"postprocessing": "largest"}))
+    assert read_choice(tmp_path) == Choice("largest", 0.5)  # a record from before thresholds
     (tmp_path / "postprocessing.json").write_text(json.dumps({"postprocessing": "magic"}))
     with pytest.raises(ValueError, match="unknown post-processing 'magic'"):
         read_choice(tmp_path)
+    (tmp_path / "postprocessing.json").write_text(json.dumps({"postprocessing": "none", "threshold": 1.5}))
+    with pytest.raises(ValueError, match="threshold 1.5"):
+        read_choice(tmp_path)
+
+
+def test_the_threshold_comes_before_the_step():
+    probability = np.zeros((12, 12, 12), np.float32)
+    probability[2:6, 2:6, 2:6] = 0.35  # a tumour the model is unsure of
+    probability[9:11, 9:11, 9:11] = 0.9  # a confident island, smaller
+    assert binarize(probability).sum() == 8  # at 0.5: only the island
+    assert binarize(probability, Choice("largest", 0.3)).sum() == 64  # at 0.3 the tumour is the largest
+    assert binarize(probability, Choice("none", 0.3)).sum() == 72
+    assert CANDIDATES[0] == Choice() and len(set(CANDIDATES)) == len(CANDIDATES)
+
+
+def test_the_choice_on_cross_validation_predictions_and_its_estimate_on_other_folds(tmp_path):
+    """Folds 0 needs a threshold of 0.2 (its tumours lie at 0.22), which hurts fold 1 (a rim at
+    0.21 around its confident tumours): chosen on all cases, 0.2 wins; chosen on the other
+    fold, each fold gets the other's best, and the estimate falls below the in-sample one."""
+    affine = np.eye(4)
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1
+    rows = []
+    for case_id, fold in (("a", 0), ("b", 0), ("c", 1), ("d", 1)):
+        probability = np.zeros(truth.shape, np.float32)
+        if fold == 0:
+            probability[truth > 0] = 0.22
+        else:
+            probability[1:7, 1:7, 1:7] = 0.21
+            probability[truth > 0] = 0.9
+        save_nifti(probability, affine, tmp_path / f"{case_id}_probability.nii.gz", dtype=np.float32)
+        save_nifti(truth, affine, tmp_path / f"{case_id}_truth.nii.gz")
+        rows.append({"case_id": case_id, "fold": fold, "prediction": str(tmp_path / f"{case_id}.nii.gz"),
+                     "native_mask": str(tmp_path / f"{case_id}_truth.nii.gz")})
+    decision = choose_from_results(pd.DataFrame(rows))
+    rim_dice = 2 * 64 / (216 + 64)
+    assert (decision["postprocessing"], decision["threshold"]) == ("none", 0.2)
+    assert decision["mean_dice_raw"] == pytest.approx(0.5)
+    assert decision["mean_dice_chosen"] == pytest.approx((2 + 2 * rim_dice) / 4)
+    # fold 0 by fold 1's choice (0.5: nothing found), fold 1 by fold 0's (0.2: the rim too)
+    assert decision["mean_dice_chosen_on_other_folds"] == pytest.approx(2 * rim_dice / 4)

@@ -441,16 +441,21 @@ def test_an_ensemble_folder_predicts_with_its_runs_and_applies_its_post_processi
     ensemble = run_dir.parent / "unet-ensemble-test"
     ensemble.mkdir(exist_ok=True)
     (ensemble / "ensemble.json").write_text(json.dumps({"runs": [run_dir.name]}))
-    write_choice(ensemble, {"postprocessing": "largest"})
+    write_choice(ensemble, {"postprocessing": "largest", "threshold": 0.3})
     table = predict_folder(
         [ensemble], cohort, ensemble_out, tta="none", planes=("axial",), workers=1, progress=False
     )
     assert table["status"].str.startswith("ok").all(), table
-    several = 0
+    several = lowered = 0
     for case_id in table["case_id"]:
         plain = np.asarray(nib.load(plain_out / f"{case_id}.nii.gz").dataobj) > 0
+        probability = np.asarray(nib.load(plain_out / f"{case_id}_probability.nii.gz").dataobj)
         kept = np.asarray(nib.load(ensemble_out / f"{case_id}.nii.gz").dataobj) > 0
-        assert np.array_equal(kept, largest_component(plain))
+        assert np.array_equal(plain, probability >= 0.5)
+        assert np.array_equal(kept, largest_component(probability >= 0.3))
         several += ndimage.label(plain, np.ones((3, 3, 3)))[1] > 1
-        assert json.loads((ensemble_out / f"{case_id}.json").read_text())["postprocessing"] == "largest"
+        lowered += ((probability >= 0.3) & ~plain).any()
+        meta = json.loads((ensemble_out / f"{case_id}.json").read_text())
+        assert (meta["postprocessing"], meta["threshold"]) == ("largest", 0.3)
+    assert lowered, "some voxels should lie between 0.3 and 0.5 for the threshold to be tested"
     assert several, "the random model's masks should have more than one piece for this test to bite"
