@@ -51,6 +51,7 @@ __all__ = [
     "SliceDataset",
     "resolve_device",
     "mixed_precision",
+    "adam",
     "sample_rows",
     "train",
     "training_speed",
@@ -200,6 +201,13 @@ def mixed_precision(device: torch.device) -> torch.dtype | None:
     return None
 
 
+def adam(parameters, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam, fused into one kernel on the CPU and CUDA: the same update (to rounding), and about
+    a fifth less time per step of the smoke U-Net on 2 CPU cores (``benchmarks/bench_adam.py``)
+    than the default, which updates parameter by parameter."""
+    return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
+
+
 def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
@@ -329,7 +337,7 @@ def train(
         settings.first_conv,
     )
     model.to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimiser = adam(model.parameters(), settings.lr, device)
     precision = mixed_precision(device)
     amp = precision is not None
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -537,7 +545,7 @@ def training_speed(
     images = torch.rand(batch_size, channels, size, size, device=device)
     masks = (torch.rand(batch_size, 1, size, size, device=device) > 0.9).float()
     loader = [(images, masks)] * (steps + 1)
-    optimiser = torch.optim.Adam(model_copy.parameters())
+    optimiser = adam(model_copy.parameters(), 1e-3, device)
     return batch_size / _time_steps(model_copy, optimiser, loader, _Loss("bce"), device, steps + 1, precision)
 
 
