@@ -8,7 +8,9 @@ tissue.
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +21,29 @@ from scale_helpers import make_tiny_project
 from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort
 
 PHANTOM = PhantomSettings(n_cases=5, matrix=128, n_slices=16)
+_LOADED = time.time()  # when pytest started, near enough
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Under ``.ci/run``: how long the steps before the tests took (lint, install, browser
+    packages, book), at the end of the output, where CI's record of a run shows it."""
+    started = os.environ.get("MSTT_CI_STARTED")
+    if started:
+        from mstt_lib.infer import cpu_bfloat16, inference_threads
+
+        before = _LOADED - float(started)
+        terminalreporter.write_line(f"[ci] lint, install and book before the tests: {before:.0f} s")
+        models = [line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")]
+        cpu = models[0] if models else "CPU model unknown"
+        native = "native bfloat16" if cpu_bfloat16() else "no native bfloat16 (float32: slower)"
+        terminalreporter.write_line(f"[ci] {inference_threads()} cores, {cpu}, {native}")
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
 
 
 @pytest.fixture(scope="session")
