@@ -76,9 +76,9 @@ class PeakMemory:
 def use_threads(count: int | None) -> None:
     """Run torch on ``count`` threads (None: torch's default) for the whole benchmark.
 
-    The variable as well as torch's setting: scoring calls ``infer.set_inference_threads``,
-    which keeps a count chosen this way and would otherwise raise torch to every core, so
-    side-by-side runs would oversubscribe the machine after their first scoring.
+    The variable as well as torch's setting, for the worker processes a benchmark starts (process
+    pools, Ray), which read the variable; in this process ``infer.set_inference_threads`` keeps
+    the lower count, so side-by-side runs stay on their cores when they score.
     """
     if count:
         import torch

@@ -123,9 +123,12 @@ def inference_threads() -> int:
 
 
 def set_inference_threads() -> None:
-    """Use every usable core (and no more) unless the user chose a thread count."""
+    """No more threads than usable cores (torch counts the machine's, not a container's quota),
+    and never more than the caller chose: ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` are kept as
+    they are, and so is a lower ``torch.set_num_threads``, so that runs placed side by side on
+    one core each stay there."""
     if not any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
-        torch.set_num_threads(inference_threads())
+        torch.set_num_threads(min(torch.get_num_threads(), inference_threads()))
 
 
 def cpu_bfloat16() -> bool:

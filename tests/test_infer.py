@@ -282,3 +282,26 @@ def test_prediction_nifti_has_the_native_shape_and_affine(name, tmp_path):
     found = np.argwhere(data > 0).mean(0)
     found_world = native_affine[:3, :3] @ found + native_affine[:3, 3]
     assert np.linalg.norm(found_world - centre_world) < 1.5
+
+
+def test_inference_threads_are_capped_at_the_usable_cores_and_never_raised(monkeypatch):
+    """Side-by-side runs on one core each stay on one core when they score (set_num_threads(1)),
+    and a count above the usable cores comes down to them."""
+    from mstt_lib.infer import inference_threads, set_inference_threads
+
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        set_inference_threads()
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(inference_threads() + 3)
+        set_inference_threads()
+        assert torch.get_num_threads() == inference_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")  # the user's own count is left alone
+        torch.set_num_threads(inference_threads() + 3)
+        set_inference_threads()
+        assert torch.get_num_threads() == inference_threads() + 3
+    finally:
+        torch.set_num_threads(before)
