@@ -424,13 +424,14 @@ def predict_volume(
 
 def to_native(
     logits: np.ndarray, affine: np.ndarray, native_shape: Sequence[int], native_affine: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(probability, binary mask) on the native grid from logits on the isotropic grid."""
+) -> np.ndarray:
+    """The probability on the native grid from logits on the isotropic grid (the mask is the
+    post-processing's: ``postprocess.binarize``)."""
     probability = 1 / (1 + np.exp(-np.clip(logits, -30, 30)))
     native = resample_array(
         probability, np.asarray(affine), tuple(native_shape), np.asarray(native_affine), order=1
     )
-    return native.astype(np.float32), native >= 0.5
+    return native.astype(np.float32)
 
 
 def write_prediction(

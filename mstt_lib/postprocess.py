@@ -91,14 +91,14 @@ def binarize(probability: np.ndarray, choice: Choice = PLAIN) -> np.ndarray:
 
 def choose(dice_by_choice: Mapping[Choice, Sequence[float]]) -> dict:
     """nnU-Net's rule on per-case Dice of the same cases under each candidate: the highest mean
-    wins, and the plain mask (``Choice()``, which must be among them) wins ties, so a step is
+    wins, and the plain mask (``PLAIN``, which must be among them) wins ties, so a step is
     kept only if it helps. Returns the decision with its evidence, as ``postprocessing.json``."""
     scores = {Choice(*c): np.asarray(d, dtype=float) for c, d in dict(dice_by_choice).items()}
-    plain = scores.get(Choice())
+    plain = scores.get(PLAIN)
     if plain is None or plain.size == 0 or any(d.shape != plain.shape for d in scores.values()):
         raise ValueError("post-processing is chosen on the Dice of the same, non-empty set of cases, "
                          "the plain mask among the candidates")
-    best = Choice()
+    best = PLAIN
     for candidate, dice in scores.items():
         if dice.mean() > scores[best].mean():
             best = candidate
@@ -135,14 +135,13 @@ def choose_from_results(results: pd.DataFrame, candidates: Sequence[Choice] = CA
     ``native_mask``, ``fold``), with ``mean_dice_chosen_on_other_folds``: each fold's cases
     scored by the choice made on the other folds' cases, the estimate the choice does not flatter."""
     table = candidate_dice(results, candidates)
-    by_label = {c.label: c for c in candidates}
-    decision = choose({by_label[label]: table[label] for label in table})
+    decision = choose({c: table[c.label] for c in candidates})
     folds = results["fold"].to_numpy()
     if len(set(folds)) > 1:
         held_out = np.empty(len(table))
         for fold in set(folds):
             inside = folds == fold
-            other = choose({by_label[label]: table.loc[~inside, label] for label in table})
+            other = choose({c: table.loc[~inside, c.label] for c in candidates})
             held_out[inside] = table.loc[inside, Choice(other["postprocessing"], other["threshold"]).label]
         decision["mean_dice_chosen_on_other_folds"] = float(held_out.mean())
     return decision

@@ -356,7 +356,7 @@ class Predictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(probability, mask) on a grid (``shape``, ``target_affine``), the mask by the recorded
         post-processing (threshold, then step)."""
-        probability, _ = to_native(logits, affine, shape, target_affine)
+        probability = to_native(logits, affine, shape, target_affine)
         return probability, binarize(probability, self.postprocessing)
 
     def predict_array(self, image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

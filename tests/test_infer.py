@@ -270,7 +270,8 @@ def test_prediction_nifti_has_the_native_shape_and_affine(name, tmp_path):
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
     world = ijk @ affine[:3, :3].T + affine[:3, 3]
     logits = 8.0 - np.linalg.norm(world - centre_world, axis=-1)
-    probability, mask = to_native(logits, affine, native_shape, native_affine)
+    probability = to_native(logits, affine, native_shape, native_affine)
+    mask = probability >= 0.5
     path = write_prediction(tmp_path, "CASE", probability, native_affine, {"tta": "none"})
     image = nib.load(path)
     assert image.shape == native_shape
