@@ -45,7 +45,7 @@ browser-deps:
 
 # Unit tests, nbval over every notebook, and the browser check of the built book.
 test: install browser-deps book
-	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=10
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=25
 
 # The fast loop: the library's tests without building the book, running a chapter or a browser.
 unit: install

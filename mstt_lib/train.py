@@ -18,8 +18,9 @@ last weights. Beyond it (the ``smoke`` and ``best`` recipes):
 
 A run
 writes its own folder: ``params.json``, ``preprocessing.json`` (how its samples were
-made, for the predictor), ``checkpoint.pt`` (rewritten every epoch, with the optimiser),
-``history.csv`` (loss and validation Dice per epoch) and, at
+made, for the predictor), ``checkpoint.pt`` (with the optimiser: after the first epoch, then
+after an epoch once ``CHECKPOINT_SECONDS`` have passed since the last one, and after the last),
+``history.csv`` (loss and validation Dice per epoch, beside each checkpoint) and, at
 the end, ``model.pt`` (weights only). A run that is started again continues from
 its last checkpoint; on the CPU it ends with the same weights as an uninterrupted
 run, because each epoch's sample order and each sample's augmentation are drawn
@@ -57,7 +58,13 @@ __all__ = [
     "training_speed",
     "dice_score",
     "weights_record",
+    "CHECKPOINT_SECONDS",
 ]
+
+CHECKPOINT_SECONDS = 60.0
+"""Training lost to an interruption, at most (plus an epoch). A checkpoint of the smoke U-Net
+with its Adam state is 164 MiB: written after each of its 5-second epochs it took 9 % of the
+training time on 2 cores (``benchmarks/bench_checkpoint.py``)."""
 
 
 @dataclass(frozen=True)
@@ -425,6 +432,7 @@ def train(
     world.barrier()  # a resumed run: every process has read the checkpoint before it is rewritten
     trained = world.wrap(model, device)  # the model itself in one process
 
+    saved = None  # when this process last wrote a checkpoint
     for epoch in range(start, epochs):
         started = time.perf_counter()
         train_data.set_epoch(epoch)
@@ -470,20 +478,23 @@ def train(
             if world.main:
                 with atomic_path(run_dir / "best.pt") as tmp:
                     torch.save(model.state_dict(), tmp)
-        state = {
-            "model": model.state_dict(),
-            "optimiser": optimiser.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "settings": wanted,
-            "best": best,
-        }
-        if world.main:
+        due = saved is None or epoch == epochs - 1 or time.perf_counter() - saved >= CHECKPOINT_SECONDS
+        if world.main and due:
+            state = {
+                "model": model.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch,
+                "history": history,
+                "settings": wanted,
+                "best": best,
+            }
             with atomic_path(checkpoint_file) as tmp:
                 torch.save(state, tmp)
             with atomic_path(run_dir / "history.csv") as tmp:
                 pd.DataFrame(history).to_csv(tmp, index=False)
+        if due:
+            saved = time.perf_counter()
     world.barrier()  # rank 0's last files are written before the others return
     if not world.main:
         return pd.DataFrame(history)
@@ -531,7 +542,7 @@ def _time_steps(model, optimiser, loader, loss_function, device, steps: int = 4,
 
 
 def training_speed(
-    model: nn.Module, channels: int, size: int, batch_size: int = 2, device: str = "cpu", steps: int = 3
+    model: nn.Module, channels: int, size: int, batch_size: int = 2, device: str = "cpu", steps: int = 2
 ) -> float:
     """Training samples per second of ``model`` on random (channels, size, size) inputs: what a
     budget buys on this machine. The model is trained on a copy, so it comes back unchanged."""

@@ -84,6 +84,29 @@ def test_resuming_after_an_interruption_gives_the_same_weights(cache, tmp_path):
     assert any(not torch.equal(straight[k], different[k]) for k in straight)
 
 
+def test_checkpoints_follow_the_first_epoch_then_the_interval_and_the_last(cache, tmp_path, monkeypatch):
+    import mstt_lib.train as train_module
+
+    written = []
+    save = torch.save
+
+    def spy(state, path):
+        if "optimiser" in state:
+            written.append(state["epoch"])
+        save(state, path)
+
+    monkeypatch.setattr(train_module.torch, "save", spy)
+    settings = TrainSettings(**TINY, epochs=4, samples_per_epoch=8, val_samples=8, augment=False)
+    monkeypatch.setattr(train_module, "CHECKPOINT_SECONDS", 1e9)
+    train(settings, cache, cache.case_ids[:2], cache.case_ids[2:], tmp_path / "long", progress=False)
+    assert written == [0, 3]  # epochs are 0-based: after the first and after the last
+    assert len(pd.read_csv(tmp_path / "long" / "history.csv")) == 4
+    written.clear()
+    monkeypatch.setattr(train_module, "CHECKPOINT_SECONDS", 0.0)
+    train(settings, cache, cache.case_ids[:2], cache.case_ids[2:], tmp_path / "every", progress=False)
+    assert written == [0, 1, 2, 3]
+
+
 def test_a_run_folder_with_other_settings_is_refused(cache, tmp_path):
     cases = cache.case_ids
     train(
