@@ -57,13 +57,17 @@ def main() -> None:
         rows = []
         for fold in params.folds:
             run = pipeline.train_run(params, params.models[0], fold, cache, progress=False)
+            predictors = {
+                name: Predictor(tta, planes, "cpu", params.inference_batch_size, progress=False).load_runs(
+                    [run]
+                )
+                for name, (tta, planes) in OPTIONS.items()
+            }
             for case_id in folds[fold]["val"]:
                 meta = cache.meta(case_id)
                 image = np.asarray(cache.volumes(case_id)[0])
                 truth = read_volume(load_nifti(cases.loc[case_id, "native_mask"], case_id), case_id) > 0
-                for name, (tta, planes) in OPTIONS.items():
-                    predictor = Predictor(tta, planes, "cpu", params.inference_batch_size, progress=False)
-                    predictor.load_runs([run])
+                for name, predictor in predictors.items():
                     started = time.perf_counter()
                     logits = predictor.logits(image)
                     seconds = time.perf_counter() - started

@@ -179,7 +179,7 @@ PARAMETER_SETS: dict[str, dict[str, Any]] = {
         "samples_per_epoch": 256,
         "val_samples": 64,
         # Plane fusion, without flips and rot90: on chapter 8's five real-data fold models TTA
-        # changed the mean Dice by 0.001 and cost 3.6 times the inference (bench_tta.py), time
+        # changed the mean Dice by 0.001 and cost 3.5 times the inference (bench_tta.py), time
         # that the folds' training needs more. The paper and best sets keep the paper's TTA.
         "tta": "none",
         "planes": ("axial", "coronal", "sagittal"),
