@@ -44,7 +44,7 @@ from torch import nn
 
 from mstt_lib.geometry import PLANE_AXIS, PLANES, resample_array
 from mstt_lib.io import atomic_path, save_nifti
-from mstt_lib.models import build_model
+from mstt_lib.models import DECODER_CHANNELS, build_model
 from mstt_lib.slices import CacheSettings, sample_25d
 
 __all__ = [
@@ -86,7 +86,8 @@ def load_run(
     preprocessing = json.loads((run_dir / "preprocessing.json").read_text())
     channels = preprocessing.pop("channels")
     settings = CacheSettings(**{**preprocessing, "modalities": tuple(preprocessing["modalities"])})
-    model = build_model(training["model"], len(channels), training["encoder"])
+    decoder = tuple(training.get("decoder_channels", DECODER_CHANNELS))  # older runs: smp's default
+    model = build_model(training["model"], len(channels), training["encoder"], decoder_channels=decoder)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
     return model.eval().to(device), training, settings
 

@@ -24,9 +24,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "build_model", "build_unet", "imagenet_weights_file", "load_encoder_weights"]
+__all__ = [
+    "MODELS",
+    "DECODER_CHANNELS",
+    "build_model",
+    "build_unet",
+    "imagenet_weights_file",
+    "load_encoder_weights",
+]
 
 MODELS = ("unet", "litemedsam")
+DECODER_CHANNELS = (256, 128, 64, 32, 16)
+"""segmentation-models-pytorch's U-Net decoder (5 stages: the encoder's full depth)."""
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -108,15 +117,29 @@ def build_unet(
     encoder: str = "se_resnext50_32x4d",
     weights: str | os.PathLike | None = None,
     first_conv: str = "tile",
+    decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
 ) -> nn.Module:
-    """U-Net with a ``encoder`` backbone; ``weights`` is a 3-channel ImageNet encoder file."""
+    """U-Net with a ``encoder`` backbone; ``weights`` is a 3-channel ImageNet encoder file.
+
+    ``decoder_channels`` (deepest first) also sets how many encoder stages are used: four
+    leave out the last stage, whose 512-channel weights dominate a step on small CPU crops.
+    """
     import segmentation_models_pytorch as smp
     from segmentation_models_pytorch.encoders._utils import patch_first_conv
 
     if first_conv not in ("tile", "random"):
         raise ValueError(f"first_conv should be 'tile' or 'random', got {first_conv!r}")
+    if not 3 <= len(decoder_channels) <= 5 or any(int(c) < 1 for c in decoder_channels):
+        raise ValueError(f"decoder_channels should be 3 to 5 positive numbers, got {tuple(decoder_channels)}")
     try:
-        model = smp.Unet(encoder_name=encoder, encoder_weights=None, in_channels=3, classes=1)
+        model = smp.Unet(
+            encoder_name=encoder,
+            encoder_weights=None,
+            in_channels=3,
+            classes=1,
+            encoder_depth=len(decoder_channels),
+            decoder_channels=tuple(decoder_channels),
+        )
     except (KeyError, ValueError) as error:
         raise ValueError(f"unknown U-Net encoder {encoder!r}: {error}") from None
     if weights == "imagenet":
@@ -139,6 +162,7 @@ def build_model(
     encoder: str = "se_resnext50_32x4d",
     weights: str | os.PathLike | None = None,
     first_conv: str = "tile",
+    decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
 ) -> nn.Module:
     """``"unet"`` or ``"litemedsam"`` for ``in_channels`` inputs; U-Net weights ``"imagenet"``
     or a local file, LiteMedSAM weights a local file.
@@ -149,7 +173,7 @@ def build_model(
     torch.Size([1, 1, 64, 64])
     """
     if name == "unet":
-        return build_unet(in_channels, encoder, weights, first_conv)
+        return build_unet(in_channels, encoder, weights, first_conv, decoder_channels)
     if name == "litemedsam":
         from mstt_lib.litemedsam import LiteMedSAM, load_checkpoint
 

@@ -71,6 +71,8 @@ class Params:
     lr: float = 1e-4  # the (starting) learning rate
     loss: str = "bce"  # the paper's; "dice_bce" adds soft Dice
     encoder: str = "se_resnext50_32x4d"  # the U-Net's encoder (segmentation-models-pytorch)
+    # The U-Net decoder's channels, deepest first; their number is the encoder stages used (smp's 5).
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     # U-Net encoder weights: "imagenet" (smp's download, cached), a local 3-channel file, or None (random).
     unet_weights: str | Path | None = "imagenet"
     first_conv: str = "tile"  # 6-channel first conv: "tile" (ImageNet filters, as smp) or "random" (authors)

@@ -223,6 +223,7 @@ def train_settings(params: Params, model: str, fold: int | None):
         batch_size=int(params.batch_size),
         lr=float(params.lr),
         encoder=params.encoder,
+        decoder_channels=tuple(int(c) for c in params.decoder_channels),
         weights=None if weights is None else str(weights),
         loss=params.loss,
         # LiteMedSAM's image encoder takes 256 x 256 only, whatever the set's U-Net crops.
@@ -252,9 +253,13 @@ def run_dir(params: Params, model: str, fold: int | None, cache) -> Path:
     """
     from dataclasses import asdict
 
+    from mstt_lib.models import DECODER_CHANNELS
+
     settings = asdict(train_settings(params, model, fold))
     if _epochs_continue(settings):
         settings.pop("epochs")
+    if settings["decoder_channels"] == DECODER_CHANNELS:  # runs made before it was a setting keep their names
+        settings.pop("decoder_channels")
     settings["cache"] = Path(cache.folder).name
     name = f"{model}-all" if fold is None else f"{model}-fold{fold}"
     return params.work_dir / "runs" / cohort_dir(params).name / f"{name}-{short_digest(settings)}"

@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from mstt_lib.devices import resolve_device
 from mstt_lib.io import atomic_path
-from mstt_lib.models import build_model
+from mstt_lib.models import DECODER_CHANNELS, build_model
 from mstt_lib.slices import PLANES, SliceCache
 
 __all__ = [
@@ -77,6 +77,7 @@ class TrainSettings:
     batch_size: int = 16
     lr: float = 1e-4
     encoder: str = "se_resnext50_32x4d"
+    decoder_channels: tuple[int, ...] = DECODER_CHANNELS  # U-Net only; their number is the depth
     weights: str | None = None
     loss: str = "bce"
     image_size: int = 256
@@ -342,6 +343,7 @@ def train(
         settings.encoder,
         settings.weights,
         settings.first_conv,
+        settings.decoder_channels,
     )
     model.to(device)
     optimiser = adam(model.parameters(), settings.lr, device)
@@ -585,6 +587,7 @@ def _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, devic
         "encoder": settings.encoder if settings.model == "unet" else None,
         **weights_record(settings.weights, settings.encoder),
         "first_conv": settings.first_conv if settings.model == "unet" else None,
+        "decoder_channels": list(settings.decoder_channels) if settings.model == "unet" else None,
         "epochs": epochs,
         "steps": epochs * steps_per_epoch,
         "batch_size": settings.batch_size,

@@ -115,3 +115,18 @@ def test_random_first_convolution_is_the_authors_choice(tmp_path):
     torch.testing.assert_close(
         random.encoder.layer1[0].conv1.weight, reference.encoder.layer1[0].conv1.weight
     )
+
+
+def test_four_decoder_stages_use_four_encoder_stages_and_load_imagenet_weights(tmp_path):
+    _, path = _encoder_file(tmp_path)
+    model = build_unet(3, "resnet18", weights=path, decoder_channels=(32, 16, 8, 8))
+    assert model.encoder.output_stride == 16  # the fifth stage (stride 32) is not used
+    assert model(torch.rand(1, 3, 48, 48)).shape == (1, 1, 48, 48)  # a multiple of 16 suffices
+    widths = [block.conv2[0].out_channels for block in model.decoder.blocks]
+    assert widths == [32, 16, 8, 8]
+
+
+@pytest.mark.parametrize("channels", [(), (8, 8), (64, 32, 16, 8, 8, 4), (16, 0, 8)])
+def test_decoder_channels_outside_three_to_five_stages_are_a_clear_error(channels):
+    with pytest.raises(ValueError, match="decoder_channels"):
+        build_unet(3, "resnet18", decoder_channels=channels)

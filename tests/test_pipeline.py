@@ -92,3 +92,28 @@ def test_predicted_dice_adds_each_predictions_dice_to_the_status_table(tmp_path)
     truth = _mask_file(tmp_path / "A_truth.nii.gz", (8, 8, 8), (slice(0, 8), slice(0, 8), slice(0, 8)))
     status = predicted_dice(pd.DataFrame({"case_id": ["A"], "status": ["ok"]}), tmp_path, {"A": truth})
     assert list(status.columns) == ["case_id", "status", "dice"] and abs(status["dice"][0] - 2 / 3) < 1e-9
+
+
+def test_the_decoder_makes_another_run_and_smps_default_keeps_older_run_names(tmp_path):
+    from mstt_lib.models import DECODER_CHANNELS
+
+    cache = SimpleNamespace(folder=str(tmp_path / "cache" / "0123"))
+    paper = get_params(
+        "paper", work_dir=str(tmp_path), schedule="poly"
+    )  # poly: the epochs stay in the digest
+    assert paper.decoder_channels == DECODER_CHANNELS
+    # A digest of the settings without the key: the name runs had before it was a setting.
+    assert run_dir(paper, "unet", 0, cache).name == "unet-fold0-" + _digest_without_decoder(paper, cache)
+    narrow = paper.replace(decoder_channels=(128, 64, 32, 16))
+    assert run_dir(narrow, "unet", 0, cache) != run_dir(paper, "unet", 0, cache)
+
+
+def _digest_without_decoder(params, cache):
+    from dataclasses import asdict
+
+    from mstt_lib.io import short_digest
+
+    settings = asdict(train_settings(params, "unet", 0))
+    settings.pop("decoder_channels")
+    settings["cache"] = Path(cache.folder).name
+    return short_digest(settings)

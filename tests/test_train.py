@@ -224,3 +224,19 @@ def test_a_fixed_input_model_trains_on_resized_slices_as_it_predicts(cache):
     assert abs(float(mask.mean()) - float(original_mask.mean())) < 0.02
     cropped = SliceDataset(cache, rows, 64, augment=True, seed=0, resize=True)
     assert cropped[0][0].shape == (6, 64, 64)
+
+
+def test_a_run_with_a_shallower_decoder_is_rebuilt_as_trained_when_loaded(cache, tmp_path):
+    from mstt_lib.infer import load_run
+
+    cases = cache.case_ids
+    settings = TrainSettings(
+        **TINY, epochs=1, augment=False, samples_per_epoch=8, decoder_channels=(32, 16, 8, 8)
+    )
+    train(settings, cache, cases, cases, tmp_path / "run", progress=False)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["decoder_channels"] == [32, 16, 8, 8]
+    model, training, _ = load_run(tmp_path / "run")  # strict load: the wrong decoder would not fit
+    assert [block.conv2[0].out_channels for block in model.decoder.blocks] == [32, 16, 8, 8]
+    trained = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
