@@ -31,6 +31,7 @@ __all__ = [
     "build_unet",
     "imagenet_weights_file",
     "load_encoder_weights",
+    "parameters_used",
 ]
 
 MODELS = ("unet", "litemedsam")
@@ -154,6 +155,18 @@ def build_unet(
         )
     model.pretrained = None if weights is None else str(weights)
     return model
+
+
+def parameters_used(model: nn.Module) -> int:
+    """The parameters a model's output depends on: an smp encoder built with fewer stages keeps
+    the deeper ones' weights (so ImageNet files still load) but never runs them."""
+    total = sum(p.numel() for p in model.parameters())
+    encoder = getattr(model, "encoder", None)
+    depth = getattr(encoder, "_depth", None)
+    if depth is None or not hasattr(encoder, "get_stages"):
+        return total
+    unused = [m for stride, modules in encoder.get_stages().items() if stride > 2**depth for m in modules]
+    return total - sum(p.numel() for m in unused for p in m.parameters())
 
 
 def build_model(

@@ -130,3 +130,14 @@ def test_four_decoder_stages_use_four_encoder_stages_and_load_imagenet_weights(t
 def test_decoder_channels_outside_three_to_five_stages_are_a_clear_error(channels):
     with pytest.raises(ValueError, match="decoder_channels"):
         build_unet(3, "resnet18", decoder_channels=channels)
+
+
+@pytest.mark.parametrize("decoder", [(256, 128, 64, 32, 16), (64, 32, 16, 8), (32, 16, 8)])
+def test_parameters_used_are_those_that_get_a_gradient(decoder):
+    from mstt_lib.models import parameters_used
+
+    model = build_unet(3, "resnet18", decoder_channels=decoder)
+    model(torch.rand(2, 3, 64, 64)).sum().backward()
+    with_gradient = sum(p.numel() for p in model.parameters() if p.grad is not None)
+    assert parameters_used(model) == with_gradient
+    assert (with_gradient < sum(p.numel() for p in model.parameters())) == (len(decoder) < 5)
