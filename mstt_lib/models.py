@@ -153,20 +153,28 @@ def build_unet(
             new_in_channels=in_channels,
             pretrained=weights is not None and first_conv == "tile",
         )
+    for stage in _unused_stages(
+        model
+    ):  # no gradient: data-parallel training expects one for every trained weight
+        stage.requires_grad_(False)
     model.pretrained = None if weights is None else str(weights)
     return model
 
 
-def parameters_used(model: nn.Module) -> int:
-    """The parameters a model's output depends on: an smp encoder built with fewer stages keeps
-    the deeper ones' weights (so ImageNet files still load) but never runs them."""
-    total = sum(p.numel() for p in model.parameters())
+def _unused_stages(model: nn.Module) -> list[nn.Module]:
+    """An smp encoder built with fewer stages keeps the deeper ones (so ImageNet files still
+    load) but never runs them."""
     encoder = getattr(model, "encoder", None)
     depth = getattr(encoder, "_depth", None)
     if depth is None or not hasattr(encoder, "get_stages"):
-        return total
-    unused = [m for stride, modules in encoder.get_stages().items() if stride > 2**depth for m in modules]
-    return total - sum(p.numel() for m in unused for p in m.parameters())
+        return []
+    return [m for stride, modules in encoder.get_stages().items() if stride > 2**depth for m in modules]
+
+
+def parameters_used(model: nn.Module) -> int:
+    """The parameters a model's output depends on (not the unused stages of an smp encoder)."""
+    unused = sum(p.numel() for m in _unused_stages(model) for p in m.parameters())
+    return sum(p.numel() for p in model.parameters()) - unused
 
 
 def build_model(

@@ -179,8 +179,9 @@ PARAMETER_SETS: dict[str, dict[str, Any]] = {
         # stage (512 channels at 2 x 2) and the wide decoder took most of a step. 2.4 times
         # faster per step in float32 on 2 cores (bench_decoder.py), and on the 29 real cases a
         # 5-fold CV Dice of 0.566 against 0.583 for smp's default (bench_cv_variants.py, one run
-        # each, within the +-0.06 per fold of a single run). CPUs without native bfloat16 train
-        # in float32, 3.5 times slower than those with it: this keeps the book within its budget.
+        # each, within the +-0.06 per fold of a single run). A 2-core CPU without native
+        # bfloat16 trains in float32: a real-data fold took 1.85 min there with smp's decoder,
+        # against 0.5-0.6 min on one with it, and 0.8-0.9 min with this one.
         "decoder_channels": (64, 32, 16, 8),
         "unet_weights": None,  # nothing can be downloaded in CI; "imagenet" where a network is
         "batch_size": 8,

@@ -141,3 +141,4 @@ def test_parameters_used_are_those_that_get_a_gradient(decoder):
     with_gradient = sum(p.numel() for p in model.parameters() if p.grad is not None)
     assert parameters_used(model) == with_gradient
     assert (with_gradient < sum(p.numel() for p in model.parameters())) == (len(decoder) < 5)
+    assert with_gradient == sum(p.numel() for p in model.parameters() if p.requires_grad)
