@@ -153,9 +153,8 @@ def build_unet(
             new_in_channels=in_channels,
             pretrained=weights is not None and first_conv == "tile",
         )
-    for stage in _unused_stages(
-        model
-    ):  # no gradient: data-parallel training expects one for every trained weight
+    # Frozen: data-parallel training (DDP) expects a gradient for every weight that trains.
+    for stage in _unused_stages(model):
         stage.requires_grad_(False)
     model.pretrained = None if weights is None else str(weights)
     return model
