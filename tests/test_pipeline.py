@@ -98,9 +98,8 @@ def test_the_decoder_makes_another_run_and_smps_default_keeps_older_run_names(tm
     from mstt_lib.models import DECODER_CHANNELS
 
     cache = SimpleNamespace(folder=str(tmp_path / "cache" / "0123"))
-    paper = get_params(
-        "paper", work_dir=str(tmp_path), schedule="poly"
-    )  # poly: the epochs stay in the digest
+    # poly: the epochs stay in the digest
+    paper = get_params("paper", work_dir=str(tmp_path), schedule="poly")
     assert paper.decoder_channels == DECODER_CHANNELS
     # A digest of the settings without the key: the name runs had before it was a setting.
     assert run_dir(paper, "unet", 0, cache).name == "unet-fold0-" + _digest_without_decoder(paper, cache)
