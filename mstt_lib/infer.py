@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mstt_lib.devices import cpu_bfloat16
 from mstt_lib.geometry import PLANE_AXIS, PLANES, resample_array
 from mstt_lib.io import atomic_path, save_nifti
 from mstt_lib.models import DECODER_CHANNELS, build_model
@@ -130,16 +131,6 @@ def set_inference_threads() -> None:
     one core each stay there."""
     if not any(os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
         torch.set_num_threads(min(torch.get_num_threads(), inference_threads()))
-
-
-def cpu_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX): there, bfloat16 autocast
-    ran 1.5-2 x faster than float32 and left Dice within 0.001 (``benchmarks/bench_inference.py``);
-    elsewhere it is emulated and slower."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 Transform = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mstt_lib.devices import resolve_device
+from mstt_lib.devices import cpu_bfloat16, resolve_device
 from mstt_lib.io import atomic_path
 from mstt_lib.models import DECODER_CHANNELS, build_model
 from mstt_lib.slices import PLANES, SliceCache
@@ -203,9 +203,8 @@ def mixed_precision(device: torch.device) -> torch.dtype | None:
     benchmarks/results.md), else None (float32)."""
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            return torch.bfloat16
+    if device.type == "cpu" and cpu_bfloat16():
+        return torch.bfloat16
     return None
 
 

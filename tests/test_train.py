@@ -147,6 +147,30 @@ def test_asking_for_cuda_without_it_is_a_clear_error():
     assert resolve_device("auto").type == "cpu"
 
 
+@pytest.mark.parametrize(
+    ("machine", "avx512_bf16", "amx", "onednn", "expected"),
+    [
+        ("x86_64", False, False, True, False),  # AVX512 alone: oneDNN emulates bfloat16
+        ("x86_64", True, False, True, True),
+        ("x86_64", False, True, True, True),
+        ("aarch64", False, False, True, True),  # elsewhere oneDNN's word holds
+        ("aarch64", False, False, False, False),
+    ],
+)
+def test_bfloat16_is_used_only_where_the_cpu_computes_it_natively(
+    monkeypatch, machine, avx512_bf16, amx, onednn, expected
+):
+    from mstt_lib import devices
+    from mstt_lib.train import mixed_precision
+
+    monkeypatch.setattr(devices.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    assert devices.cpu_bfloat16() is expected
+    assert mixed_precision(torch.device("cpu")) == (torch.bfloat16 if expected else None)
+
+
 def test_foreground_sampling_mixes_tumour_free_slices_in_the_asked_proportion():
     rows = pd.DataFrame(
         {"case_id": "A", "plane": "axial", "index": range(100), "tumour_voxels": [50] * 10 + [0] * 90}
