@@ -30,8 +30,9 @@ from mstt_lib.slices import PLANES, SliceCache
 __all__ = ["evaluate_run", "METRICS_FILE", "INFERENCE_VERSION"]
 
 METRICS_FILE = "metrics.csv"
-INFERENCE_VERSION = 2
-"""Of ``mstt_lib.infer``'s results: 2 is whole slices (no crop to ``image_size``), skipped empty slices."""
+INFERENCE_VERSION = 3
+"""Of ``mstt_lib.infer``'s results: 2 is whole slices (no crop to ``image_size``), skipped empty
+slices; 3 pads a slice smaller than the run's training crops to their side."""
 
 
 def evaluate_run(

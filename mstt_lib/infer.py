@@ -5,9 +5,14 @@ How each model sees a slice:
 
 - The U-Net is fully convolutional (and its BatchNorm is in evaluation mode), so every slice
   goes in at its own size, zero-padded (the value training pads with) to the encoder's stride
-  (32) and never cropped: a tumour at the edge of a wide field of view is seen like one in the
-  middle. A slice too large for one forward pass (``max_pixels``) goes in overlapping tiles
-  whose outputs are blended with Gaussian weights (nnU-Net's sliding window).
+  and never cropped: a tumour at the edge of a wide field of view is seen like one in the
+  middle. A slice smaller than the run's training crops is padded, centred, to the crop's
+  side, as training padded it (nnU-Net pads an image smaller than its patch the same way): a
+  U-Net trained on 96-pixel crops and shown the small real cases at their own size (40-60
+  pixels) segmented nothing in 7 of 9; padded as in training, they scored 0.51 on average
+  (``benchmarks/results.md``). A slice too large for one forward pass (``max_pixels``) goes
+  in overlapping tiles whose outputs are blended with Gaussian weights (nnU-Net's sliding
+  window).
 - LiteMedSAM takes a fixed 256 x 256 input: each slice is resized to it and its logits resized
   back to the slice's grid, as the paper does.
 
@@ -54,6 +59,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "load_run",
     "fixed_input_size",
+    "min_input_size",
     "inference_threads",
     "cpu_bfloat16",
     "set_inference_threads",
@@ -90,6 +96,8 @@ def load_run(
     decoder = tuple(training.get("decoder_channels", DECODER_CHANNELS))  # older runs: smp's default
     model = build_model(training["model"], len(channels), training["encoder"], decoder_channels=decoder)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    if fixed_input_size(model) is None:
+        model.min_input_size = int(training["image_size"])  # its training crops' side
     return model.eval().to(device), training, settings
 
 
@@ -104,6 +112,12 @@ def fixed_input_size(model: nn.Module) -> int | None:
     from mstt_lib.litemedsam import IMAGE_SIZE, LiteMedSAM
 
     return IMAGE_SIZE if isinstance(model, LiteMedSAM) else None
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The side a fully convolutional model's slices are padded to at least: its training crops'
+    (``load_run`` sets ``min_input_size``), or 0 for a model that does not state one."""
+    return int(getattr(model, "min_input_size", 0) or 0)
 
 
 def _stride(model: nn.Module) -> int:
@@ -239,10 +253,13 @@ def _tiled(run: _Runner, batch: torch.Tensor, stride: int) -> torch.Tensor:
     return total / norm
 
 
-def _unet_logits(run: _Runner, images: torch.Tensor, combos, stride: int) -> torch.Tensor:
-    """Summed, undone TTA logits of a fully convolutional model: each slice at its own size."""
+def _unet_logits(run: _Runner, images: torch.Tensor, combos, stride: int, min_side: int = 0) -> torch.Tensor:
+    """Summed, undone TTA logits of a fully convolutional model: each slice at its own size,
+    zero-padded (centred) to a multiple of ``stride`` and to at least ``min_side``."""
     height, width = images.shape[-2:]
-    rows, columns = -height % stride, -width % stride
+    least = -(-min_side // stride) * stride
+    rows = max(height + -height % stride, least) - height
+    columns = max(width + -width % stride, least) - width
     top, left = rows // 2, columns // 2
     padded = F.pad(images, (left, columns - left, top, rows - top)) if rows or columns else images
     total = torch.zeros((images.shape[0], 1, *padded.shape[-2:]), device=images.device)
@@ -290,7 +307,8 @@ def predict_batch(
     """Mean logits (B, 1, H, W) over the models (an ensemble of folds) and the TTA transforms.
 
     ``images`` (B, C, H, W) may have any H and W: a fully convolutional model gets them padded
-    to its stride, a fixed-input model (LiteMedSAM) resized to its input and back.
+    to its stride and to at least its ``min_input_size``, a fixed-input model (LiteMedSAM)
+    resized to its input and back.
     ``bfloat16`` (CPU autocast; None: where the CPU has it natively) and ``channels_last`` (None:
     on) choose the arithmetic; on a GPU, mixed precision (float16 autocast) is always on.
     """
@@ -301,7 +319,7 @@ def predict_batch(
         run = _Runner(model, device, max_pixels, bfloat16, channels_last)
         size = fixed_input_size(model)
         if size is None:
-            total += _unet_logits(run, images, combos, _stride(model))
+            total += _unet_logits(run, images, combos, _stride(model), min_input_size(model))
         else:
             total += _fixed_size_logits(run, images, combos, size)
     return total / (len(models) * len(combos))

@@ -144,6 +144,42 @@ def test_the_unet_sees_each_slice_at_its_own_size_padded_to_its_stride():
     assert {shape[-2:] for shape in model.seen} == {(416, 160), (416, 32)}
 
 
+def test_a_slice_smaller_than_the_training_crops_is_padded_centred_to_their_side():
+    model = BrightSpot()
+    model.min_input_size = 96  # trained on 96-pixel crops
+    volume = np.zeros((1, 40, 70, 3), np.float32)
+    volume[0, 18:25, 30:37] = 0.9
+    logits = predict_volume([model], volume, ("axial",), "none", 64, 8)
+    assert {shape[-2:] for shape in model.seen} == {(96, 96)}  # not 64 x 96, the stride's minimum
+    assert logits.shape == volume.shape[1:]
+    # the output is cut back to where the slice lay: the block's inside, and nothing off it
+    assert (logits[19:24, 31:36] > 0).all() and (logits > 0).sum() == (logits[18:25, 30:37] > 0).sum()
+    model.seen.clear()
+    model.min_input_size = 100  # not a multiple of the stride: the next one
+    predict_batch([model], torch.zeros(1, 3, 150, 20), "none")
+    assert model.seen == [(1, 3, 160, 128)]
+
+
+def test_load_run_gives_a_unet_its_training_crop_side(tmp_path):
+    from mstt_lib.infer import load_run, min_input_size
+    from mstt_lib.models import build_model
+
+    channels = ["T1[index-1]", "T1[index]", "T1[index+1]"]
+    torch.save(build_model("unet", 3, "resnet18").state_dict(), tmp_path / "model.pt")
+    (tmp_path / "params.json").write_text('{"model": "unet", "encoder": "resnet18", "image_size": 96}')
+    preprocessing = {
+        "modalities": ["T1"],
+        "spacing_mm": 2.0,
+        "low_percentile": 0.05,
+        "high_percentile": 99.95,
+        "channels": channels,
+    }
+    (tmp_path / "preprocessing.json").write_text(__import__("json").dumps(preprocessing))
+    model, training, _ = load_run(tmp_path)
+    assert min_input_size(model) == 96 == training["image_size"]
+    assert min_input_size(BrightSpot()) == 0
+
+
 class FixedInput(nn.Module):
     """Stand-in for LiteMedSAM: accepts only 256 x 256 inputs; returns the centre slice."""
 
