@@ -45,7 +45,7 @@ browser-deps:
 
 # Unit tests, nbval over every notebook, and the browser check of the built book. Two pytest
 # workers, each taking whole files (a notebook's cells share a kernel): many tests wait on
-# subprocesses, kernels and Ray, so a 2-core CI machine ran them in 647 s against 798 s in one.
+# subprocesses, kernels and Ray, so on a 2-core CI machine they took 647-668 s against 798 s in one.
 test: install browser-deps book
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --durations=25 \
 		-n 2 --dist loadfile

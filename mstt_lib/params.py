@@ -142,9 +142,9 @@ def _check_keys(name: str, values: dict[str, Any]) -> None:
 # Beyond the paper, after nnU-Net: tumour-free slices beside tumour slices, Dice + BCE,
 # nnU-Net's poly decay from 1e-3, and the largest-component step where cross-validation
 # shows that it helps. Chapter 8 compares it with the paper's recipe at equal budget: on the
-# 29 real cases the two tied at 512 steps per fold and at 15-30 CPU-minutes on a 2 mm grid,
-# and the paper's constant 1e-4 fell behind at 256 steps (2 mm) and at 192 (3 mm: 0.58
-# against 0.64, Wilcoxon p = 0.016; benchmarks/results.md, chapter 8).
+# 29 real cases the two tied at 512 steps per fold and at 15-30 CPU-minutes on a 2 mm grid;
+# at 3 mm the paper's constant 1e-4 reached 0.58 against 0.64 at 192 steps (Wilcoxon
+# p = 0.016) and against 0.62 at 160 (p = 0.12; README, chapter 8).
 _RECIPE: dict[str, Any] = {
     "foreground_fraction": 0.5,
     "loss": "dice_bce",
