@@ -46,6 +46,8 @@ SAME_BUDGET = (
     "spacing_mm",
     "image_size",
     "encoder",
+    "decoder_channels",
+    "unet_weights",
     "min_tumour_voxels",
     "models",
     "folds",
@@ -63,7 +65,8 @@ def budget(params: Params) -> str:
         f"{'/'.join(params.models)}, {len(params.folds)} folds x {params.epochs} epochs x "
         f"{samples} samples (batch {params.batch_size}, lr {params.lr:g}), "
         f"{params.spacing_mm:g} mm grid, {params.image_size} px, encoder {params.encoder}, "
-        f"TTA {params.tta}, planes {'+'.join(params.planes)}, device {params.device}"
+        f"TTA {params.tta}, planes {'+'.join(params.planes)}, device {params.device}, "
+        f"weights {params.unet_weights or 'random initialisation'}"
     )
 
 
@@ -146,7 +149,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstt-bench-") as scratch:
         work = args.work_dir or scratch
-        real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device, **overrides)
+        # replace, not real_data_params' overrides, so that "-p unet_weights null" means None
+        real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device)
+        real = real.replace(**overrides)
         if not args.skip_real and not Path(real.cohort).is_dir():
             raise SystemExit(f"no real data at {real.cohort}: give --sts-dir")
         label = "training budget"
@@ -154,14 +159,8 @@ def main() -> None:
             label += " (the epochs shown are the set's; each budget in minutes sets each run's own)"
         rows.append((label, budget(real), ""))
         synthetic = real_data_params(
-            args.set,
-            cohort="synthetic",
-            modalities=("T2",),
-            n_cases=30,
-            data_dir=work,
-            work_dir=work,
-            **{k: getattr(real, k) for k in SAME_BUDGET},
-        )
+            args.set, cohort="synthetic", modalities=("T2",), n_cases=30, data_dir=work, work_dir=work
+        ).replace(**{k: getattr(real, k) for k in SAME_BUDGET})
         if args.recipes:
             cohorts = [] if args.skip_real else [("real data", real)]
             cohorts += [] if args.skip_synthetic else [("synthetic (30 cases, T2 only)", synthetic)]
