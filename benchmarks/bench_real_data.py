@@ -11,7 +11,8 @@ fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` 
 
 ``--recipes`` compares the set's training recipe with the paper's (``pipeline.paper_recipe``)
 on the same folds, per case with a Wilcoxon signed-rank test, on the real data and on the
-synthetic cohort (``--skip-real``/``--skip-synthetic`` leave one out); ``--minutes 15 30 60``
+synthetic cohort (``--skip-real``/``--skip-synthetic`` leave one out, ``--recipe set`` runs the set's alone);
+``--minutes 15 30 60``
 does so at equal CPU budgets in total (each of the five fold runs gets a fifth, as
 ``train_minutes``). ``--threads 1`` runs torch on one core, so that the real and the synthetic
 comparison can run side by side on a 2-core machine, each with a core's minutes.
@@ -91,7 +92,9 @@ def summary(results, name: str, seconds: float, peak: float) -> list[tuple[str, 
     ]
 
 
-def compare_recipes(params: Params, minutes: float | None, cohort: str) -> list[tuple[str, str, str]]:
+def compare_recipes(
+    params: Params, minutes: float | None, cohort: str, which: str = "both"
+) -> list[tuple[str, str, str]]:
     """The set's recipe and the paper's on the same folds at the same budget: Dice per case."""
     import pandas as pd
 
@@ -101,6 +104,7 @@ def compare_recipes(params: Params, minutes: float | None, cohort: str) -> list[
     scored = {}
     rows = []
     recipes = (("set recipe", budget_params), ("paper recipe", pipeline.paper_recipe(budget_params)))
+    recipes = tuple(r for r in recipes if which == "both" or r[0].startswith(which))
     for name, params in recipes:
         results, seconds, peak = cross_validate(params)
         scored[name] = results.assign(model=name)
@@ -112,6 +116,8 @@ def compare_recipes(params: Params, minutes: float | None, cohort: str) -> list[
                 "",
             )
         )
+    if len(scored) < 2:
+        return rows
     test = paired_comparison(pd.concat(scored.values()), "set recipe", "paper recipe")
     rows.append(
         (
@@ -132,6 +138,9 @@ def main() -> None:
     parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--recipes", action="store_true", help="the set's recipe against the paper's")
+    parser.add_argument(
+        "--recipe", default="both", choices=("both", "set", "paper"), help="with --recipes: one recipe only"
+    )
     parser.add_argument("--minutes", nargs="*", type=float, default=None, help="total CPU budgets")
     parser.add_argument(
         "-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"), help="a parameter (YAML value)"
@@ -166,7 +175,7 @@ def main() -> None:
             cohorts += [] if args.skip_synthetic else [("synthetic (30 cases, T2 only)", synthetic)]
             for cohort, params in cohorts:
                 for minutes in args.minutes or [None]:
-                    rows += compare_recipes(params, minutes, cohort)
+                    rows += compare_recipes(params, minutes, cohort, args.recipe)
             threads = f", {torch.get_num_threads()} torch thread(s)"
             record(f"The {args.set} set's recipe against the paper's, same folds and budget{threads}", rows)
             return
