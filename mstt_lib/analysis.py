@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from mstt_lib.cohort import TISSUES, _text
+from mstt_lib.engines import map_cases
 from mstt_lib.geometry import on_grid
 from mstt_lib.io import load_nifti, read_volume
 from mstt_lib.preprocess import normalise_intensity
@@ -42,7 +42,7 @@ def site_tissue_counts(cases: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _case_statistics(row: pd.Series) -> dict:
+def _case_statistics(row: dict) -> dict:
     case_id = row["case_id"]
     mask_image = load_nifti(row["mask"], case_id)
     mask = read_volume(mask_image, case_id) > 0
@@ -56,7 +56,7 @@ def _case_statistics(row: pd.Series) -> dict:
         "spacing_z_mm": zooms[2],
     }
     for modality in ("t1", "t2"):
-        path = _text(row.get(modality))  # iterrows turns a None path into NaN
+        path = _text(row.get(modality))  # a missing path may come as NaN from the case table
         if path is None:
             stats[f"mean_{modality}"] = np.nan
             continue
@@ -67,18 +67,16 @@ def _case_statistics(row: pd.Series) -> dict:
     return stats
 
 
-def tumour_statistics(cases: pd.DataFrame, progress: bool = True) -> pd.DataFrame:
+def tumour_statistics(cases: pd.DataFrame, progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Per case: tumour voxels, volume (ml), voxel spacing (mm) and mean tumour intensity.
 
     Intensities are the paper's normalised ones (each image clamped to its 0.05 and
     99.95 percentiles, then min-max scaled to [0, 1]), averaged over the mask; a T1
     not on the mask's grid is resampled onto it through the headers. An empty mask
-    gives volume 0 and NaN means.
+    gives volume 0 and NaN means. ``workers`` processes read the cases (the order is kept).
     """
-    rows = [
-        _case_statistics(row)
-        for _, row in tqdm(cases.iterrows(), total=len(cases), desc="tumour statistics", disable=not progress)
-    ]
+    jobs = cases.to_dict("records")
+    rows = map_cases(_case_statistics, jobs, workers, progress=progress, desc="tumour statistics")
     stats = pd.DataFrame(rows)
     keep = [c for c in ("case_id", "tissue", "site", "diagnosis", "annotation_modality") if c in cases]
     return cases[keep].merge(stats, on="case_id")

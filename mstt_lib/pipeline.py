@@ -563,7 +563,7 @@ def cohort_statistics(params: Params, cases: pd.DataFrame, progress: bool = True
     path = params.work_dir / "statistics" / f"{cohort_dir(params).name}-{short_digest(stamp)}.csv"
     if path.is_file():
         return pd.read_csv(path)
-    statistics = tumour_statistics(cases, progress=progress)
+    statistics = tumour_statistics(cases, progress=progress, workers=params.workers)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         statistics.to_csv(tmp, index=False)

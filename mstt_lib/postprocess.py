@@ -96,8 +96,10 @@ def choose(dice_by_choice: Mapping[Choice, Sequence[float]]) -> dict:
     scores = {Choice(*c): np.asarray(d, dtype=float) for c, d in dict(dice_by_choice).items()}
     plain = scores.get(PLAIN)
     if plain is None or plain.size == 0 or any(d.shape != plain.shape for d in scores.values()):
-        raise ValueError("post-processing is chosen on the Dice of the same, non-empty set of cases, "
-                         "the plain mask among the candidates")
+        raise ValueError(
+            "post-processing is chosen on the Dice of the same, non-empty set of cases, "
+            "the plain mask among the candidates"
+        )
     best = PLAIN
     for candidate, dice in scores.items():
         if dice.mean() > scores[best].mean():

@@ -101,3 +101,18 @@ def test_paired_comparison_finds_a_consistent_difference():
     result = analysis.paired_comparison(pd.concat([a, b]), "unet", "litemedsam")
     assert result["n"] == 12 and result["median_difference"] > 0.1 and result["p_value"] < 0.01
     assert np.isnan(analysis.paired_comparison(a, "unet", "litemedsam")["p_value"])
+
+
+def test_tumour_statistics_in_two_processes_equal_one_and_match_the_truth(phantom_dir):
+    from mstt_lib.cohort import read_cases
+    from mstt_lib.phantom import TRUTH_FILE
+
+    cases, _ = read_cases(phantom_dir)
+    serial = analysis.tumour_statistics(cases, progress=False)
+    parallel = analysis.tumour_statistics(cases, progress=False, workers=2)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert list(serial["case_id"]) == list(cases["case_id"])  # the cases' order is kept
+    truth = pd.read_csv(phantom_dir / TRUTH_FILE).set_index("case_id")
+    volumes = serial.set_index("case_id")["volume_ml"]
+    np.testing.assert_allclose(volumes, truth.loc[volumes.index, "tumour_volume_ml"], rtol=1e-6)
+    assert serial[["mean_t1", "mean_t2"]].apply(lambda v: v.between(0, 1)).all().all()
