@@ -11,11 +11,11 @@ fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` 
 
 ``--recipes`` compares the set's training recipe with the paper's (``pipeline.paper_recipe``)
 on the same folds, per case with a Wilcoxon signed-rank test, on the real data and on the
-synthetic cohort (``--skip-real``/``--skip-synthetic`` leave one out, ``--recipe set`` runs the set's alone);
-``--minutes 15 30 60``
-does so at equal CPU budgets in total (each of the five fold runs gets a fifth, as
-``train_minutes``). ``--threads 1`` runs torch on one core, so that the real and the synthetic
-comparison can run side by side on a 2-core machine, each with a core's minutes.
+synthetic cohort (``--skip-real``/``--skip-synthetic`` leave one out, ``--recipe set`` runs
+the set's recipe alone); ``--minutes 15 30 60`` does so at equal CPU budgets in total (each of
+the five fold runs gets a fifth, as ``train_minutes``). ``--threads 1`` runs torch on one
+core, so that two comparisons can run side by side on a 2-core machine, each with a core's
+minutes.
 """
 
 from __future__ import annotations
