@@ -173,11 +173,12 @@ def main() -> None:
         if args.recipes:
             cohorts = [] if args.skip_real else [("real data", real)]
             cohorts += [] if args.skip_synthetic else [("synthetic (30 cases, T2 only)", synthetic)]
+            threads = f", {torch.get_num_threads()} torch thread(s)"
+            title = f"The {args.set} set's recipe against the paper's, same folds and budget{threads}"
             for cohort, params in cohorts:
                 for minutes in args.minutes or [None]:
-                    rows += compare_recipes(params, minutes, cohort, args.recipe)
-            threads = f", {torch.get_num_threads()} torch thread(s)"
-            record(f"The {args.set} set's recipe against the paper's, same folds and budget{threads}", rows)
+                    # recorded budget by budget, so that a stopped run keeps the budgets it finished
+                    record(title, rows[:1] + compare_recipes(params, minutes, cohort, args.recipe))
             return
         if not args.skip_real:
             results, seconds, peak = cross_validate(real)
