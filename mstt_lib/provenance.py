@@ -46,6 +46,11 @@ def _weights(record: dict) -> str:
     return f"weights {name} (SHA-256 {record['weights_sha256'][:12]})"
 
 
+def _device(record: dict) -> str:
+    precision = record.get("precision")  # absent in runs made before it was recorded
+    return f"{record['device']} ({precision})" if precision else record["device"]
+
+
 def runs_summary(run_dirs: Iterable[str | os.PathLike]) -> str:
     """One phrase per kind of run (model, and budget in minutes when one was set): how many,
     their steps, minutes, device and starting weights."""
@@ -58,7 +63,8 @@ def runs_summary(run_dirs: Iterable[str | os.PathLike]) -> str:
         mine = [r for r in records if (r["model"], r.get("train_minutes_budget")) == (model, minutes_budget)]
         steps = sorted({r["steps"] for r in mine})
         minutes = [r["train_minutes"] for r in mine]
-        devices = "/".join(sorted({r["device"] for r in mine}))
+        # the precision too: the same seed gives other numbers in bfloat16 than in float32
+        devices = "/".join(sorted({_device(r) for r in mine}))
         name = _MODEL_NAMES.get(model, model)
         if mine[0].get("encoder"):
             name += f" ({mine[0]['encoder']})"

@@ -6,7 +6,7 @@ from mstt_lib.params import get_params
 from mstt_lib.provenance import caption, record_parameter_set, runs_by_set, runs_summary
 
 
-def _run(folder, steps, minutes, budget=None, weights=None):
+def _run(folder, steps, minutes, budget=None, weights=None, precision=None):
     folder.mkdir(parents=True)
     record = {
         "model": "unet",
@@ -19,16 +19,20 @@ def _run(folder, steps, minutes, budget=None, weights=None):
         "train_minutes": minutes,
         "device": "cpu",
     }
+    if precision:
+        record["precision"] = precision
     (folder / "run.json").write_text(json.dumps(record))
     return folder
 
 
 def test_runs_are_summarised_by_model_and_budget_from_their_records(tmp_path):
     folds = [_run(tmp_path / f"unet-fold{k}", 512, 0.7 + k / 10) for k in range(2)]
-    final = _run(tmp_path / "unet-all", 1312, 1.8, budget=1.5, weights="/w/resnet18.pth")
+    weights = "/w/resnet18.pth"
+    final = _run(tmp_path / "unet-all", 1312, 1.8, budget=1.5, weights=weights, precision="bfloat16")
     text = runs_summary([*folds, final])
     assert "U-Net (resnet18): 2 runs, 512 steps of 8, 0.7-0.8 min each on cpu, random initialisation" in text
-    assert "1312 steps of 8 (a 1.5-minute budget), 1.8 min on cpu, weights resnet18.pth (SHA-256 abab" in text
+    final_phrase = "1312 steps of 8 (a 1.5-minute budget), 1.8 min on cpu (bfloat16), weights resnet18.pth"
+    assert final_phrase + " (SHA-256 abab" in text
     assert "budget" not in text.split(";")[0]  # the folds had no minutes budget
 
 
