@@ -74,7 +74,8 @@ def runs_summary(run_dirs: Iterable[str | os.PathLike]) -> str:
             budget += f" (a {minutes_budget:g}-minute budget)"
         weights = "; ".join(sorted({_weights(r) for r in mine}))
         if len(mine) > 1:
-            spent = f"{min(minutes):.1f}-{max(minutes):.1f} min each on {devices}"
+            low, high = f"{min(minutes):.1f}", f"{max(minutes):.1f}"
+            spent = f"{low if low == high else f'{low}-{high}'} min each on {devices}"
             phrases.append(f"{name}: {len(mine)} runs, {budget}, {spent}, {weights}")
         else:
             phrases.append(f"{name}: {budget}, {minutes[0]:.1f} min on {devices}, {weights}")

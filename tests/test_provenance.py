@@ -34,6 +34,8 @@ def test_runs_are_summarised_by_model_and_budget_from_their_records(tmp_path):
     final_phrase = "1312 steps of 8 (a 1.5-minute budget), 1.8 min on cpu (bfloat16), weights resnet18.pth"
     assert final_phrase + " (SHA-256 abab" in text
     assert "budget" not in text.split(";")[0]  # the folds had no minutes budget
+    alike = [_run(tmp_path / f"alike{k}", 160, 0.11 + k / 100) for k in range(2)]
+    assert "2 runs, 160 steps of 8, 0.1 min each on cpu," in runs_summary(alike)
 
 
 def test_a_caption_names_the_set_and_says_when_the_budget_is_small(tmp_path):
