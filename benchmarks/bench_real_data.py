@@ -30,7 +30,7 @@ import torch
 import yaml
 from _record import PeakMemory, record, use_threads
 
-from mstt_lib import pipeline
+from mstt_lib import pipeline, postprocess
 from mstt_lib.analysis import bootstrap_ci, paired_comparison
 from mstt_lib.params import REAL_DATA, Params, real_data_params
 
@@ -80,8 +80,16 @@ def cross_validate(params: Params) -> tuple[object, float, float]:
 
 def summary(results, name: str, seconds: float, peak: float) -> list[tuple[str, str, str]]:
     mean, low, high = bootstrap_ci(results["dice"])
+    decision = postprocess.choose_from_results(results)
+    chosen = f"{decision['postprocessing']} @ {decision['threshold']:g}"
     return [
         (f"{name}: cross-validation Dice", f"{mean:.3f} (95 % CI {low:.3f}-{high:.3f})", ""),
+        (
+            f"{name}: cross-validation Dice post-processed (threshold and step chosen on the other folds)",
+            f"{decision.get('mean_dice_chosen_on_other_folds', float('nan')):.3f} "
+            f"(on all folds: {chosen}, {decision['mean_dice_chosen']:.3f})",
+            "",
+        ),
         (f"{name}: HD95 (mm), median", f"{np.nanmedian(results['hd95_mm']):.1f}", ""),
         (f"{name}: surface Dice at 2 mm, mean", f"{np.nanmean(results['surface_dice']):.3f}", ""),
         (
