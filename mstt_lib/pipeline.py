@@ -480,16 +480,26 @@ def cross_validation_results(params: Params, progress: bool = True) -> pd.DataFr
     return results.merge(cases[["case_id", "tissue", "site", "native_mask"]], on="case_id")
 
 
-def final_run(params: Params, model: str, progress: bool = True) -> Path:
+def final_run(
+    params: Params, model: str, postprocessing: dict | None = None, progress: bool = True
+) -> Path:
     """A run trained on every case of the set (no validation cases), for new cases.
 
     ``<work_dir>/runs/<cohort>/<model>-all-<hash>``, trained once (resumes), in the
     layout ``mstt-predict`` reads. Its training settings are the set's, with the
-    ``final_minutes`` budget when one is set; ``fold`` is None.
+    ``final_minutes`` budget when one is set; ``fold`` is None. ``postprocessing``, the
+    decision that ``fold_ensemble`` recorded for the same recipe's fold runs, is stored in
+    the run, so that ``mstt-predict`` thresholds its masks as cross-validation chose (a run
+    on all cases has no validation cases to choose on).
     """
+    from mstt_lib.postprocess import write_choice
+
     if params.final_minutes is not None:
         params = params.replace(train_minutes=params.final_minutes)
-    return train_run(params, model, None, progress=progress)
+    folder = train_run(params, model, None, progress=progress)
+    if postprocessing is not None:
+        write_choice(folder, {**postprocessing, "chosen_on": "the cross-validation of the set's fold runs"})
+    return folder
 
 
 def run_dirs(params: Params, models=None) -> list[Path]:

@@ -16,6 +16,7 @@ import pytest
 from mstt_lib import pipeline
 from mstt_lib.io import save_nifti
 from mstt_lib.params import real_data_params
+from mstt_lib.postprocess import read_choice
 from mstt_lib.predict import predict_folder
 
 AFFINE = np.array([[-2.0, 0, 0, 30.0], [0, -2.0, 0, 20.0], [0, 0, 4.0, -10.0], [0, 0, 0, 1]])  # LPS
@@ -63,8 +64,12 @@ def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, 
     assert len(results) == 1 and results["model"].tolist() == ["unet"]  # fold 0 holds one case of five
     assert {"dice", "hd95_mm", "surface_dice", "prediction", "native_mask"} <= set(results.columns)
 
-    run = pipeline.final_run(params, "unet", progress=False)
+    ensemble = pipeline.fold_ensemble(params, "unet", results)
+    decision = json.loads((ensemble / "postprocessing.json").read_text())
+    run = pipeline.final_run(params, "unet", postprocessing=decision, progress=False)
     assert run.name.startswith("unet-all-")
+    assert read_choice(run) == read_choice(ensemble)  # mstt-predict thresholds as CV chose
+    assert "cross-validation" in json.loads((run / "postprocessing.json").read_text())["chosen_on"]
     assert json.loads((run / "preprocessing.json").read_text())["modalities"] == ["T1"]
     status = predict_folder(
         [run], ibsi_cohort, tmp_path / "predicted", tta="none", planes=("axial",), progress=False
