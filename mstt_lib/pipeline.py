@@ -498,7 +498,10 @@ def final_run(
         params = params.replace(train_minutes=params.final_minutes)
     folder = train_run(params, model, None, progress=progress)
     if postprocessing is not None:
-        write_choice(folder, {**postprocessing, "chosen_on": "the cross-validation of the set's fold runs"})
+        chosen_on = "the parameter set"  # fixed there, unless it carries cross-validation's evidence
+        if "mean_dice_by_candidate" in postprocessing:
+            chosen_on = "the cross-validation of the set's fold runs"
+        write_choice(folder, {**postprocessing, "chosen_on": chosen_on})
     return folder
 
 
