@@ -7,9 +7,10 @@ away from the tumour are the error it removes (chapter 7 measures them). Compone
 26-connected, as in ``mstt_lib.failures``.
 
 The rule here also chooses the probability threshold of the mask, among a few at or below
-0.5: small-budget models under-segment (their masks hold about two thirds of the tumour's
-volume on the real cases, ``benchmarks/results.md``), and a lower threshold is the step that
-recovers it. Choosing among sixteen candidates on the same predictions flatters the winner, so
+0.5: models trained for 15-60 CPU-minutes under-segment the real cases they did not train on
+(their masks hold about two thirds of the tumour's volume, ``benchmarks/results.md``), and a
+lower threshold is the step that recovers it; the book's 160-step runs do not (their choice is
+0.4-0.5). Choosing among sixteen candidates on the same predictions flatters the winner, so
 ``choose_from_results`` also scores each fold with the choice made on the other folds.
 """
 
