@@ -54,9 +54,10 @@ test: install browser-deps book
 unit: install
 	$(PY) -m pytest tests -m "not book and not browser"
 
-# ruff, and the layer rules of pyproject.toml's [tool.importlinter] (import-linter).
+# ruff (the linter and the formatter's check), and the layer rules of pyproject.toml's [tool.importlinter] (import-linter).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
 # JupyterLab in this folder on 127.0.0.1, with its own token; prints the URL. Ctrl-C stops it.

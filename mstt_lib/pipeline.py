@@ -480,9 +480,7 @@ def cross_validation_results(params: Params, progress: bool = True) -> pd.DataFr
     return results.merge(cases[["case_id", "tissue", "site", "native_mask"]], on="case_id")
 
 
-def final_run(
-    params: Params, model: str, postprocessing: dict | None = None, progress: bool = True
-) -> Path:
+def final_run(params: Params, model: str, postprocessing: dict | None = None, progress: bool = True) -> Path:
     """A run trained on every case of the set (no validation cases), for new cases.
 
     ``<work_dir>/runs/<cohort>/<model>-all-<hash>``, trained once (resumes), in the

@@ -97,8 +97,14 @@ def test_the_choice_on_cross_validation_predictions_and_its_estimate_on_other_fo
             probability[truth > 0] = 0.9
         save_nifti(probability, affine, tmp_path / f"{case_id}_probability.nii.gz", dtype=np.float32)
         save_nifti(truth, affine, tmp_path / f"{case_id}_truth.nii.gz")
-        rows.append({"case_id": case_id, "fold": fold, "prediction": str(tmp_path / f"{case_id}.nii.gz"),
-                     "native_mask": str(tmp_path / f"{case_id}_truth.nii.gz")})
+        rows.append(
+            {
+                "case_id": case_id,
+                "fold": fold,
+                "prediction": str(tmp_path / f"{case_id}.nii.gz"),
+                "native_mask": str(tmp_path / f"{case_id}_truth.nii.gz"),
+            }
+        )
     decision = choose_from_results(pd.DataFrame(rows))
     rim_dice = 2 * 64 / (216 + 64)
     assert (decision["postprocessing"], decision["threshold"]) == ("none", 0.2)
