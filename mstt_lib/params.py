@@ -101,6 +101,13 @@ class Params:
             value = getattr(self, field.name)
             if isinstance(value, list) and str(field.type).startswith("tuple"):
                 object.__setattr__(self, field.name, tuple(value))
+            number = str(field.type).split(" ")[0]
+            if isinstance(value, str) and number in ("int", "float"):
+                # YAML 1.1 (``-p lr 1e-4``) reads a number without a decimal point as text
+                try:
+                    object.__setattr__(self, field.name, int(value) if number == "int" else float(value))
+                except ValueError:
+                    raise ValueError(f"parameter {field.name} should be a number, got {value!r}") from None
         root = project_root()
         for key in ("data_dir", "work_dir", "cohort"):
             value = getattr(self, key)

@@ -109,6 +109,20 @@ def test_lists_become_tuples_as_papermill_passes_them():
     assert params == get_params("smoke", folds=(0, 2), models=("unet",), planes=("axial",))
 
 
+def test_numbers_that_yaml_reads_as_text_become_numbers():
+    """``-p lr 1e-4`` reaches the parameters as the text '1e-4' (YAML 1.1 wants a decimal point)."""
+    import yaml
+
+    assert yaml.safe_load("1e-4") == "1e-4"  # why the coercion is needed
+    params = get_params("smoke", lr=yaml.safe_load("1e-4"), epochs="3", train_minutes="2.5")
+    assert params.lr == 1e-4 and isinstance(params.lr, float)
+    assert params.epochs == 3 and isinstance(params.epochs, int)
+    assert params.train_minutes == 2.5
+    assert get_params("smoke", eval_cases={"unet": 2}).eval_cases == {"unet": 2}  # not a number: kept
+    with pytest.raises(ValueError, match="parameter lr should be a number, got 'fast'"):
+        get_params("smoke", lr="fast")
+
+
 def test_replace_checks_its_changes_like_get_params(tmp_path, monkeypatch):
     (tmp_path / "_config.yml").write_text("title: x\n")
     (tmp_path / "mstt_lib").mkdir()
