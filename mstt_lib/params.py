@@ -82,7 +82,7 @@ class Params:
     val_samples: int | None = None  # validation samples scored after each epoch (None: every one)
     foreground_fraction: float | None = None  # None: tumour slices only (paper); p: tumour slice with prob. p
     schedule: str = "constant"  # the paper's constant rate, or "poly" (nnU-Net's decay)
-    keep: str = "last"  # the last weights (paper), the "best" validation Dice, or the second half's "average"
+    keep: str = "last"  # the last weights (the paper) or the "best" validation Dice
     train_minutes: float | None = None  # a wall-clock budget per run; sets the epochs (recorded in run.json)
     final_minutes: float | None = None  # the budget of the model trained on every case (None: as the folds)
     # Post-processing of the predicted mask: None, "largest" (largest connected component) or "auto".

@@ -13,10 +13,6 @@ last weights. Beyond it (the ``smoke`` and ``best`` recipes):
 - ``schedule="poly"``: nnU-Net's polynomial decay of the learning rate over the
   run's optimizer steps;
 - ``keep="best"``: the weights of the epoch with the best validation Dice;
-- ``keep="average"``: the mean of the weights at the end of each epoch of the run's second
-  half (stochastic weight averaging, Izmailov et al. 2018, with ``torch.optim.swa_utils``),
-  its BatchNorm statistics recomputed on one more epoch of training samples; it needs no
-  validation cases;
 - ``train_minutes``: a wall-clock budget; the number of epochs follows from the
   measured speed of a few steps and is recorded in ``budget.json``.
 
@@ -43,7 +39,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from mstt_lib.devices import cpu_bfloat16, resolve_device
@@ -64,15 +59,12 @@ __all__ = [
     "dice_score",
     "weights_record",
     "CHECKPOINT_SECONDS",
-    "KEEP",
 ]
 
 CHECKPOINT_SECONDS = 60.0
 """Training lost to an interruption, at most (plus an epoch). A checkpoint of the smoke U-Net
 with its Adam state is 164 MiB: written after each of its 5-second epochs it took 9 % of the
 training time on 2 cores (``benchmarks/bench_checkpoint.py``)."""
-
-KEEP = ("last", "best", "average")  # the weights a run keeps as model.pt
 
 
 @dataclass(frozen=True)
@@ -99,7 +91,7 @@ class TrainSettings:
     loader_workers: int = 0
     foreground_fraction: float | None = None  # None: tumour slices only (the paper)
     schedule: str = "constant"  # "constant" (the paper) or "poly"
-    keep: str = "last"  # "last" (the paper), "best" (validation Dice) or "average" (second half)
+    keep: str = "last"  # "last" (the paper) or "best" (validation Dice)
     train_minutes: float | None = None  # a wall-clock budget that sets the epochs
     first_conv: str = "tile"  # 6-channel first convolution: "tile" ImageNet filters or "random"
 
@@ -321,8 +313,8 @@ def train(
     device = world.place(resolve_device(settings.device))
     if settings.schedule not in ("constant", "poly"):
         raise ValueError(f"unknown schedule {settings.schedule!r}; choose 'constant' or 'poly'")
-    if settings.keep not in KEEP:
-        raise ValueError(f"keep should be one of {KEEP}, got {settings.keep!r}")
+    if settings.keep not in ("last", "best"):
+        raise ValueError(f"keep should be 'last' or 'best', got {settings.keep!r}")
     params_file = run_dir / "params.json"
     wanted = _settings_json(settings)
     # More epochs continue a run at a constant rate; a schedule is fixed by its length.
@@ -360,7 +352,6 @@ def train(
     if amp:
         model.to(memory_format=torch.channels_last)
     loss_function = _Loss(settings.loss)
-    averaged = AveragedModel(model) if settings.keep == "average" else None
 
     planes = tuple(settings.planes)
     all_train = cache.select(train_cases, planes, None)
@@ -414,8 +405,6 @@ def train(
         history = state["history"]
         start = state["epoch"] + 1
         best = state.get("best", best)
-        if averaged is not None and state.get("average") is not None:
-            averaged.load_state_dict(state["average"])
     epochs = settings.epochs
     if settings.train_minutes is not None:
         if budget_file.is_file():  # a resumed run keeps the length it was given
@@ -490,8 +479,6 @@ def train(
             if world.main:
                 with atomic_path(run_dir / "best.pt") as tmp:
                     torch.save(model.state_dict(), tmp)
-        if averaged is not None and epoch >= _first_averaged(epochs):
-            averaged.update_parameters(model)
         due = saved is None or epoch == epochs - 1 or time.perf_counter() - saved >= CHECKPOINT_SECONDS
         if world.main and due:
             state = {
@@ -502,7 +489,6 @@ def train(
                 "history": history,
                 "settings": wanted,
                 "best": best,
-                "average": None if averaged is None else averaged.state_dict(),
             }
             with atomic_path(checkpoint_file) as tmp:
                 torch.save(state, tmp)
@@ -516,10 +502,6 @@ def train(
     final = model.state_dict()
     if settings.keep == "best" and (run_dir / "best.pt").is_file():
         final = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-    if averaged is not None:
-        # The averaged weights' BatchNorm statistics belong to none of the averaged epochs.
-        update_bn(epoch_loader(epochs), averaged, device)
-        final = averaged.module.state_dict()
     with atomic_path(run_dir / "model.pt") as tmp:
         torch.save(final, tmp)
     _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, device, best)
@@ -597,19 +579,6 @@ def weights_record(weights: str | None, encoder: str | None = None) -> dict:
     return {"weights": str(weights), "weights_sha256": digest.hexdigest()}
 
 
-def _first_averaged(epochs: int) -> int:
-    """The first epoch (from 0) whose end weights ``keep="average"`` averages: the second half."""
-    return epochs // 2
-
-
-def _kept(keep: str, best: dict, epochs: int) -> str:
-    if keep == "best":
-        return f"best (epoch {best['epoch']})"
-    if keep == "average":
-        return f"average of epochs {_first_averaged(epochs) + 1}-{epochs}"
-    return keep
-
-
 def _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, device, best) -> None:
     """``run.json``: the budget a run actually had (steps, minutes, device) and its weights."""
     record = {
@@ -627,7 +596,7 @@ def _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, devic
         "device": device.type if device.type != "cuda" else torch.cuda.get_device_name(device),
         "cpu_threads": torch.get_num_threads(),
         "precision": str(mixed_precision(device) or torch.float32).removeprefix("torch."),
-        "kept": _kept(settings.keep, best, epochs),
+        "kept": settings.keep if settings.keep == "last" else f"best (epoch {best['epoch']})",
         "torch": torch.__version__,
     }
     with atomic_path(Path(run_dir) / "run.json") as tmp:

@@ -219,32 +219,6 @@ def test_poly_schedule_best_checkpoint_and_the_run_record(cache, tmp_path):
     assert list(history["steps"]) == [settings.steps_per_epoch(0) * (e + 1) for e in range(6)]
 
 
-def test_averaged_weights_are_the_mean_of_the_second_halfs_epochs(cache, tmp_path):
-    """``keep="average"``: at a constant rate a 3-epoch run is the first 3 epochs of a 4-epoch
-    one, so the average of epochs 3-4 is the mean of the two runs' last weights."""
-    cases = cache.case_ids
-    common = dict(**TINY, augment=False, samples_per_epoch=16)
-    three = TrainSettings(**common, epochs=3)
-    four = TrainSettings(**common, epochs=4)
-    train(three, cache, cases, [], tmp_path / "three", progress=False)
-    train(four, cache, cases, [], tmp_path / "four", progress=False)
-    averaged = TrainSettings(**common, epochs=4, keep="average")
-    train(averaged, cache, cases, [], tmp_path / "average", progress=False)
-    w3, w4, mean = (
-        torch.load(tmp_path / name / "model.pt", weights_only=True) for name in ("three", "four", "average")
-    )
-    weights = [k for k in mean if mean[k].is_floating_point() and "running" not in k]
-    assert weights and all(torch.allclose(mean[k], (w3[k] + w4[k]) / 2, atol=1e-6) for k in weights)
-    assert any(not torch.allclose(mean[k], w4[k]) for k in weights)  # not the last weights
-    # BatchNorm statistics recomputed for the averaged weights, not either run's
-    stats = [k for k in mean if k.endswith("running_mean")]
-    assert stats and any(not torch.allclose(mean[k], w4[k]) for k in stats)
-    record = json.loads((tmp_path / "average" / "run.json").read_text())
-    assert record["kept"] == "average of epochs 3-4"
-    with pytest.raises(ValueError, match="keep should be one of"):
-        train(TrainSettings(**common, keep="ema"), cache, cases, [], tmp_path / "bad", progress=False)
-
-
 def test_a_minutes_budget_sets_the_epochs_and_a_resumed_run_keeps_them(cache, tmp_path):
     cases = cache.case_ids
     settings = TrainSettings(**TINY, epochs=1, augment=False, samples_per_epoch=16, train_minutes=0.05)
