@@ -60,11 +60,19 @@ SAME_BUDGET = (
 )
 
 
+def _sampling(params: Params) -> str:
+    if params.foreground_fraction is None:
+        return "tumour slices only"
+    return f"tumour slices {params.foreground_fraction:g} of the time"
+
+
 def budget(params: Params) -> str:
+    """The run's settings as the record's first row: what a row was measured with, recipe included."""
     samples = params.samples_per_epoch or "all"
     return (
         f"{'/'.join(params.models)}, {len(params.folds)} folds x {params.epochs} epochs x "
-        f"{samples} samples (batch {params.batch_size}, lr {params.lr:g}), "
+        f"{samples} samples (batch {params.batch_size}, lr {params.lr:g}, {params.schedule} rate, "
+        f"loss {params.loss}, {_sampling(params)}, {params.keep} weights), "
         f"{params.spacing_mm:g} mm grid, {params.image_size} px, encoder {params.encoder}, "
         f"TTA {params.tta}, planes {'+'.join(params.planes)}, device {params.device}, "
         f"weights {params.unet_weights or 'random initialisation'}"
