@@ -75,7 +75,7 @@ def budget(params: Params) -> str:
         f"loss {params.loss}, {_sampling(params)}, {params.keep} weights), "
         f"{params.spacing_mm:g} mm grid, {params.image_size} px, encoder {params.encoder}, "
         f"TTA {params.tta}, planes {'+'.join(params.planes)}, device {params.device}, "
-        f"weights {params.unet_weights or 'random initialisation'}"
+        f"weights {params.unet_weights or 'random initialisation'}, seed {params.seed}"
     )
 
 
