@@ -807,6 +807,23 @@ def test_known_dicom_faults_end_in_a_named_error(tmp_path, where, edit):
 
 
 @pytest.mark.filterwarnings("ignore")
+def test_an_unknown_value_representation_inside_the_rtstruct_is_a_named_error(tmp_path):
+    # Found by the fuzzer (bit flips made ROIContourSequence's VR 'WQ'): pydicom converts an
+    # element when it is first read, so the damage surfaced as its NotImplementedError.
+    from mstt_lib.dicom import convert_patient
+
+    series_dir = write_dicom(tmp_path / "dicom") / "STS_900" / "MR_T1" / "image"
+    rtstruct = series_dir.parent / "mask" / "RS.dcm"
+    tag = b"\x06\x30\x39\x00SQ"  # (3006,0039) ROIContourSequence, explicit VR little endian
+    blob = rtstruct.read_bytes()
+    assert blob.count(tag) == 1
+    rtstruct.write_bytes(blob.replace(tag, b"\x06\x30\x39\x00WQ"))
+    with pytest.raises(CaseFileError, match="STS_900.*RS.dcm"):
+        convert_patient(series_dir, rtstruct.parent, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.filterwarnings("ignore")
 def test_corrupted_inputs_end_in_a_named_error_or_a_correct_result(tmp_path):
     # about 320 inputs in about a minute on 2 shared cores; benchmarks/bench_fuzz.py runs more
     outcomes = run_fuzz(tmp_path, {"load_cohort": 200, "predict": 15, "dicom": 100}, cli=1)

@@ -75,6 +75,9 @@ def _read_structure(path: Path, case_id: str) -> _Structure:
     if str(ds.get("Modality", "")).strip().upper() != "RTSTRUCT":
         raise DicomError(case_id, path, "not an RTSTRUCT (Modality is not RTSTRUCT)")
     try:
+        # pydicom converts an element when it is first read: read them all here, so that a
+        # damaged one (a bit flip in a VR deep in ROIContourSequence) is this named error.
+        ds.walk(lambda dataset, element: None)
         series_uids, frame_uids = set(), set()
         for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
             if frame.get("FrameOfReferenceUID"):
@@ -85,7 +88,7 @@ def _read_structure(path: Path, case_id: str) -> _Structure:
                         series_uids.add(str(series.SeriesInstanceUID))
         names = {int(r.ROINumber): str(r.get("ROIName", "")) for r in ds.get("StructureSetROISequence", [])}
     except Exception as exc:
-        raise DicomError(case_id, path, f"malformed RTSTRUCT header ({type(exc).__name__})") from None
+        raise DicomError(case_id, path, f"malformed RTSTRUCT ({type(exc).__name__})") from None
     return _Structure(str(ds.get("PatientID", "") or ""), series_uids, frame_uids, names, ds, path)
 
 
