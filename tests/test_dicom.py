@@ -14,7 +14,8 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -58,9 +59,9 @@ class Synth:
     spacing: tuple[float, float]  # PixelSpacing: (between rows, between columns)
     pixels: np.ndarray  # (n, rows, cols) stored values, spatial order
     sop_uids: list[str]
-    series_uid: str = field(default_factory=generate_uid)
-    study_uid: str = field(default_factory=generate_uid)
-    frame_uid: str = field(default_factory=generate_uid)
+    series_uid: str
+    study_uid: str
+    frame_uid: str
 
     def world(self, i, j, k) -> np.ndarray:
         """LPS position of voxel centre (column i, row j, slice k), from the headers alone."""
@@ -99,8 +100,13 @@ def make_series(
     intercept: float | None = None,
     per_slice: dict | None = None,
     phi: dict | None = None,
+    new_uid: Callable[[], str] = generate_uid,
 ) -> Synth:
-    """Write an MR series; slice k lies at origin + offsets[k] * normal (default k * step)."""
+    """Write an MR series; slice k lies at origin + offsets[k] * normal (default k * step).
+
+    UIDs come from ``new_uid`` (pydicom's random ones by default; a seeded source writes the
+    same bytes every time, which replaying a fuzzed input needs).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     phi = PHI if phi is None else phi
     iop = np.asarray(orientation, float)
@@ -110,8 +116,9 @@ def make_series(
     positions = np.asarray(origin, float) + offsets[:, None] * normal
     r, c = np.mgrid[:rows, :cols]
     pixels = np.stack([k * 1024 + r * cols + c for k in range(n)]).astype(np.uint16)
+    sop_uids = [new_uid() for _ in range(n)]
     synth = Synth(
-        folder, positions, row_dir, col_dir, tuple(spacing), pixels, [generate_uid() for _ in range(n)]
+        folder, positions, row_dir, col_dir, tuple(spacing), pixels, sop_uids, new_uid(), new_uid(), new_uid()
     )
     order = np.random.default_rng(n).permutation(n)  # file order and InstanceNumber say nothing
     for file_index, k in enumerate(order):
@@ -144,12 +151,13 @@ def make_rtstruct(
     frame_uid: str | None = None,
     phi: dict | None = None,
     k_shift: float = 0.0,
+    new_uid: Callable[[], str] = generate_uid,
 ) -> Path:
     """An RTSTRUCT on ``synth``: per ROI name, (slice k, polygon in (i, j) voxel coordinates)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     phi = PHI if phi is None else phi
-    ds = _base(RTStructureSetStorage, generate_uid(), "RTSTRUCT", phi)
-    ds.SeriesInstanceUID, ds.StudyInstanceUID = generate_uid(), synth.study_uid
+    ds = _base(RTStructureSetStorage, new_uid(), "RTSTRUCT", phi)
+    ds.SeriesInstanceUID, ds.StudyInstanceUID = new_uid(), synth.study_uid
     ds.FrameOfReferenceUID = frame_uid or synth.frame_uid
     series = Dataset()
     series.SeriesInstanceUID = series_uid or synth.series_uid

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import itertools
 import json
 import re
 import shutil
@@ -673,13 +674,23 @@ def _edit_dicom(path: Path, edit: tuple, rng) -> None:
 
 
 def write_dicom(folder: Path) -> Path:
-    """A good DICOM case: ``<folder>/STS_900/MR_T1/image/*.dcm`` and ``.../mask/RS.dcm``."""
+    """A good DICOM case: ``<folder>/STS_900/MR_T1/image/*.dcm`` and ``.../mask/RS.dcm``.
+
+    Its UIDs are numbered, not random, so the same bytes are written every time and a fuzzed
+    DICOM input replays from its seed and number (bit flips land on the same fields).
+    """
+    from pydicom.uid import generate_uid
     from test_dicom import edges, make_rtstruct, make_series
 
+    numbers = itertools.count()
+
+    def new_uid() -> str:
+        return generate_uid(entropy_srcs=["mstt-fuzz", str(next(numbers))])
+
     series_dir = folder / "STS_900" / "MR_T1" / "image"
-    synth = make_series(series_dir, n=5, rows=24, cols=20)
+    synth = make_series(series_dir, n=5, rows=24, cols=20, new_uid=new_uid)
     contours = {"GTV_Mass": [(k, edges(4, 12, 5, 14)) for k in (1, 2, 3)]}
-    make_rtstruct(series_dir.parent / "mask" / "RS.dcm", synth, contours)
+    make_rtstruct(series_dir.parent / "mask" / "RS.dcm", synth, contours, new_uid=new_uid)
     return folder
 
 
@@ -821,6 +832,19 @@ def test_an_unknown_value_representation_inside_the_rtstruct_is_a_named_error(tm
     with pytest.raises(CaseFileError, match="STS_900.*RS.dcm"):
         convert_patient(series_dir, rtstruct.parent, tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_fuzzed_dicom_input_replays_from_its_seed_and_number(tmp_path):
+    replays = []
+    for attempt in ("first", "second"):
+        base = write_dicom(tmp_path / attempt / "base")
+        folder = tmp_path / attempt / "input"
+        folder.mkdir()
+        outcome = fuzz_dicom(folder, base, np.random.default_rng([SEED, 7]))
+        files = {p.relative_to(folder): p.read_bytes() for p in sorted((folder / "dicom").rglob("*.dcm"))}
+        replays.append((outcome.fault, outcome.result, files))
+    assert len(replays[0][2]) == 6 and replays[0] == replays[1]
 
 
 @pytest.mark.filterwarnings("ignore")
