@@ -36,7 +36,7 @@ slices; 3 pads a slice smaller than the run's training crops to their side."""
 
 
 def evaluate_run(
-    run_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | Sequence[str | os.PathLike],
     cache: SliceCache,
     cases: pd.DataFrame,
     out_dir: str | os.PathLike,
@@ -46,7 +46,12 @@ def evaluate_run(
     device: str = "cpu",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Score a run on ``cases`` (case_id and ``native_mask``: the mask on its native grid)."""
+    """Score a run on ``cases`` (case_id and ``native_mask``: the mask on its native grid).
+
+    Several run folders are scored as one model, their logits averaged as ``mstt-predict``
+    averages them.
+    """
+    run_dirs = [run_dir] if isinstance(run_dir, (str, os.PathLike)) else list(run_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / METRICS_FILE
@@ -55,10 +60,11 @@ def evaluate_run(
     done = {r["case_id"] for r in rows}
     from mstt_lib.predictor import Predictor
 
-    predictor = Predictor(tta, planes, device, batch_size, progress=progress).load_runs([run_dir])
+    predictor = Predictor(tta, planes, device, batch_size, progress=progress).load_runs(run_dirs)
     set_inference_threads()
     todo = [r for r in cases.to_dict("records") if r["case_id"] not in done]
-    for row in tqdm(todo, desc=f"evaluating {Path(run_dir).name}", unit="case", disable=not progress):
+    name = Path(run_dirs[0]).name + (f" and {len(run_dirs) - 1} more" if len(run_dirs) > 1 else "")
+    for row in tqdm(todo, desc=f"evaluating {name}", unit="case", disable=not progress):
         case_id = row["case_id"]
         meta = cache.meta(case_id)
         image, mask_iso = cache.volumes(case_id)

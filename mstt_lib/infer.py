@@ -94,7 +94,10 @@ def load_run(
     channels = preprocessing.pop("channels")
     settings = CacheSettings(**{**preprocessing, "modalities": tuple(preprocessing["modalities"])})
     decoder = tuple(training.get("decoder_channels", DECODER_CHANNELS))  # older runs: smp's default
-    model = build_model(training["model"], len(channels), training["encoder"], decoder_channels=decoder)
+    norm = training.get("norm", "batch")  # older runs: smp's BatchNorm
+    model = build_model(
+        training["model"], len(channels), training["encoder"], decoder_channels=decoder, norm=norm
+    )
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
     if fixed_input_size(model) is None:
         model.min_input_size = int(training["image_size"])  # its training crops' side

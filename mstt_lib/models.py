@@ -27,6 +27,7 @@ from torch import nn
 __all__ = [
     "MODELS",
     "DECODER_CHANNELS",
+    "NORMS",
     "build_model",
     "build_unet",
     "imagenet_weights_file",
@@ -37,6 +38,9 @@ __all__ = [
 MODELS = ("unet", "litemedsam")
 DECODER_CHANNELS = (256, 128, 64, 32, 16)
 """segmentation-models-pytorch's U-Net decoder (5 stages: the encoder's full depth)."""
+
+NORMS = ("batch", "instance")
+"""The U-Net's normalisation layers: smp's BatchNorm, or InstanceNorm as nnU-Net uses."""
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -119,17 +123,23 @@ def build_unet(
     weights: str | os.PathLike | None = None,
     first_conv: str = "tile",
     decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
+    norm: str = "batch",
 ) -> nn.Module:
     """U-Net with a ``encoder`` backbone; ``weights`` is a 3-channel ImageNet encoder file.
 
     ``decoder_channels`` (deepest first) also sets how many encoder stages are used: four
     leave out the last stage, whose 512-channel weights dominate a step on small CPU crops.
+    ``norm="instance"`` puts InstanceNorm (nnU-Net's) in place of every BatchNorm: each slice
+    normalised by itself, no running statistics; loaded ImageNet BatchNorm scales and shifts
+    become its affine parameters.
     """
     import segmentation_models_pytorch as smp
     from segmentation_models_pytorch.encoders._utils import patch_first_conv
 
     if first_conv not in ("tile", "random"):
         raise ValueError(f"first_conv should be 'tile' or 'random', got {first_conv!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm should be one of {NORMS}, got {norm!r}")
     if not 3 <= len(decoder_channels) <= 5 or any(int(c) < 1 for c in decoder_channels):
         raise ValueError(f"decoder_channels should be 3 to 5 positive numbers, got {tuple(decoder_channels)}")
     try:
@@ -153,11 +163,27 @@ def build_unet(
             new_in_channels=in_channels,
             pretrained=weights is not None and first_conv == "tile",
         )
+    if norm == "instance":
+        _use_instance_norm(model)
     # Frozen: data-parallel training (DDP) expects a gradient for every weight that trains.
     for stage in _unused_stages(model):
         stage.requires_grad_(False)
     model.pretrained = None if weights is None else str(weights)
     return model
+
+
+def _use_instance_norm(module: nn.Module) -> None:
+    """Every BatchNorm2d below ``module`` becomes an InstanceNorm2d with its affine parameters
+    (smp builds BatchNorm throughout and has no option for another normalisation)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            instance = nn.InstanceNorm2d(child.num_features, eps=child.eps, affine=True)
+            with torch.no_grad():
+                instance.weight.copy_(child.weight)
+                instance.bias.copy_(child.bias)
+            setattr(module, name, instance)
+        else:
+            _use_instance_norm(child)
 
 
 def _unused_stages(model: nn.Module) -> list[nn.Module]:
@@ -183,6 +209,7 @@ def build_model(
     weights: str | os.PathLike | None = None,
     first_conv: str = "tile",
     decoder_channels: tuple[int, ...] = DECODER_CHANNELS,
+    norm: str = "batch",
 ) -> nn.Module:
     """``"unet"`` or ``"litemedsam"`` for ``in_channels`` inputs; U-Net weights ``"imagenet"``
     or a local file, LiteMedSAM weights a local file.
@@ -193,7 +220,7 @@ def build_model(
     torch.Size([1, 1, 64, 64])
     """
     if name == "unet":
-        return build_unet(in_channels, encoder, weights, first_conv, decoder_channels)
+        return build_unet(in_channels, encoder, weights, first_conv, decoder_channels, norm)
     if name == "litemedsam":
         from mstt_lib.litemedsam import LiteMedSAM, load_checkpoint
 

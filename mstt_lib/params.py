@@ -76,6 +76,7 @@ class Params:
     # U-Net encoder weights: "imagenet" (smp's download, cached), a local 3-channel file, or None (random).
     unet_weights: str | Path | None = "imagenet"
     first_conv: str = "tile"  # 6-channel first conv: "tile" (ImageNet filters, as smp) or "random" (authors)
+    norm: str = "batch"  # the U-Net's normalisation layers: "batch" (smp's, the paper's) or "instance"
     litemedsam_weights: str | Path | None = None  # a local lite_medsam.pth
     augment: bool = True  # the paper's Appendix A augmentations (flips, rot90, intensity, blur, distortion)
     samples_per_epoch: int | None = None  # None: every training sample, every epoch

@@ -14,6 +14,7 @@ grid`` and ``mstt_lib.launch`` call it; the stages themselves know no parameter 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,7 @@ def train_settings(params: Params, model: str, fold: int | None):
         keep=params.keep,
         train_minutes=params.train_minutes,
         first_conv=params.first_conv,
+        norm=params.norm,
     )
 
 
@@ -260,6 +262,8 @@ def run_dir(params: Params, model: str, fold: int | None, cache) -> Path:
         settings.pop("epochs")
     if settings["decoder_channels"] == DECODER_CHANNELS:  # runs made before it was a setting keep their names
         settings.pop("decoder_channels")
+    if settings["norm"] == "batch":  # likewise
+        settings.pop("norm")
     settings["cache"] = Path(cache.folder).name
     name = f"{model}-all" if fold is None else f"{model}-fold{fold}"
     return params.work_dir / "runs" / cohort_dir(params).name / f"{name}-{short_digest(settings)}"
@@ -434,41 +438,57 @@ def evaluation_dir(params: Params, model: str, fold: int, cache) -> Path:
     return params.work_dir / "evaluation" / run.parent.name / f"{run.name}-{params.tta}-{planes}"
 
 
-def cross_validation_results(params: Params, progress: bool = True) -> pd.DataFrame:
+def cross_validation_results(params: Params | Sequence[Params], progress: bool = True) -> pd.DataFrame:
     """Per-case metrics of every (model, fold) run of the set on its validation cases.
 
     Trains the runs that are missing and scores the cases not scored yet (both resume).
     One row per (model, case) with ``fold``, ``tissue``, ``site`` and the files
     ``prediction`` and ``native_mask``; the layout of ``mstt_lib.evaluate``'s ``metrics.csv``.
+
+    Several variants of a set (other seeds, another ``norm``) are scored as one model: each
+    fold's runs of every variant averaged, as ``mstt-predict`` averages an ensemble (nnU-Net
+    ensembles its configurations this way). They share the work folder, the folds and the
+    slice cache; the first variant's inference settings score the average.
     """
     from mstt_lib.devices import resolve_device
     from mstt_lib.evaluate import evaluate_run
 
+    variants = [params] if isinstance(params, Params) else list(params)
+    params = variants[0]
     cache = slice_cache(params, progress=progress)
+    if any(slice_cache(v, progress=False).folder != cache.folder for v in variants[1:]):
+        raise ValueError(
+            "the variants read other slice caches (grid, crop or images): their models cannot be averaged"
+        )
     registered, _ = registered_cohort(params, progress=progress)
     cases = registered[registered["case_id"].isin(cache.case_ids)]
     folds = splits(params, cases)
+    if any(v.work_dir != params.work_dir or splits(v, cases) != folds for v in variants[1:]):
+        raise ValueError("the variants to average should share the work folder and the folds")
     results = []
     for name in params.models:
         for fold in params.folds:
-            folder = train_run(params, name, fold, cache, progress=progress)
+            runs = [train_run(v, name, fold, cache, progress=progress) for v in variants]
+            predictions = evaluation_dir(params, name, fold, cache)
+            if len(runs) > 1:
+                average = f"{name}-fold{fold}-average-{short_digest([r.name for r in runs])}"
+                predictions = predictions.with_name(predictions.name.replace(runs[0].name, average))
             val = cases[cases["case_id"].isin(folds[fold]["val"])].sort_values("case_id")
             limit = params.eval_cases
             limit = limit.get(name) if isinstance(limit, dict) else limit
             if limit is not None:
                 val = val.head(limit)
             scores = evaluate_run(
-                folder,
+                runs,
                 cache,
                 val,
-                evaluation_dir(params, name, fold, cache),
+                predictions,
                 params.tta,
                 params.planes,
                 params.inference_batch_size,
                 device=resolve_device(params.device),
                 progress=progress,
             )
-            predictions = evaluation_dir(params, name, fold, cache)
             results.append(
                 scores.assign(
                     model=name,

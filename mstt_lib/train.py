@@ -94,6 +94,7 @@ class TrainSettings:
     keep: str = "last"  # "last" (the paper) or "best" (validation Dice)
     train_minutes: float | None = None  # a wall-clock budget that sets the epochs
     first_conv: str = "tile"  # 6-channel first convolution: "tile" ImageNet filters or "random"
+    norm: str = "batch"  # the U-Net's normalisation: "batch" (smp's) or "instance" (nnU-Net's)
 
     def steps_per_epoch(self, n_samples: int) -> int:
         """Optimizer steps in one epoch of ``n_samples`` available training samples."""
@@ -321,7 +322,8 @@ def train(
     free = {"epochs"} if settings.schedule == "constant" and settings.train_minutes is None else set()
     if params_file.is_file():
         previous = json.loads(params_file.read_text())
-        different = {k for k in wanted if k not in free and previous.get(k) != wanted[k]}
+        defaults = _settings_json(TrainSettings())  # a setting newer than the run: it had the default
+        different = {k for k in wanted if k not in free and previous.get(k, defaults[k]) != wanted[k]}
         if different:
             raise ValueError(
                 f"{run_dir} holds a run with other parameters {sorted(different)}; use another folder"
@@ -343,6 +345,7 @@ def train(
         settings.weights,
         settings.first_conv,
         settings.decoder_channels,
+        settings.norm,
     )
     model.to(device)
     optimiser = adam(model.parameters(), settings.lr, device)
@@ -587,6 +590,7 @@ def _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, devic
         **weights_record(settings.weights, settings.encoder),
         "first_conv": settings.first_conv if settings.model == "unet" else None,
         "decoder_channels": list(settings.decoder_channels) if settings.model == "unet" else None,
+        "norm": settings.norm if settings.model == "unet" else None,
         "epochs": epochs,
         "steps": epochs * steps_per_epoch,
         "batch_size": settings.batch_size,

@@ -142,3 +142,27 @@ def test_parameters_used_are_those_that_get_a_gradient(decoder):
     assert parameters_used(model) == with_gradient
     assert (with_gradient < sum(p.numel() for p in model.parameters())) == (len(decoder) < 5)
     assert with_gradient == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_instance_norm_normalises_each_slice_by_itself_and_keeps_loaded_scales(tmp_path):
+    reference, path = _encoder_file(tmp_path)
+    with torch.no_grad():
+        reference.encoder.bn1.weight.uniform_(0.5, 1.5)
+    torch.save(reference.encoder.state_dict(), path)
+    model = build_unet(3, "resnet18", weights=path, decoder_channels=(32, 16, 8, 8), norm="instance")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model.encoder.bn1.weight, reference.encoder.bn1.weight)
+    # in training mode too, a slice's output does not depend on the other slices of its batch
+    model.train()
+    image, other = torch.rand(1, 3, 48, 48), torch.rand(3, 3, 48, 48) * 5
+    torch.testing.assert_close(model(torch.cat([image, other]))[:1], model(image), rtol=1e-4, atol=1e-4)
+    batch_norm = build_unet(3, "resnet18", decoder_channels=(32, 16, 8, 8)).train()
+    assert not torch.allclose(batch_norm(torch.cat([image, other]))[:1], batch_norm(image), atol=1e-3)
+    # the unused fifth stage stays frozen
+    assert model(image).sum().backward() is None
+    assert all(p.grad is None for p in model.encoder.layer4.parameters())
+
+
+def test_an_unknown_normalisation_is_a_clear_error():
+    with pytest.raises(ValueError, match="norm should be one of"):
+        build_unet(3, "resnet18", norm="group")

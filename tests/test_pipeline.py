@@ -101,18 +101,31 @@ def test_the_decoder_makes_another_run_and_smps_default_keeps_older_run_names(tm
     # poly: the epochs stay in the digest
     paper = get_params("paper", work_dir=str(tmp_path), schedule="poly")
     assert paper.decoder_channels == DECODER_CHANNELS
-    # A digest of the settings without the key: the name runs had before it was a setting.
-    assert run_dir(paper, "unet", 0, cache).name == "unet-fold0-" + _digest_without_decoder(paper, cache)
+    assert run_dir(paper, "unet", 0, cache).name == "unet-fold0-" + _digest_without(
+        paper, cache, "decoder_channels", "norm"
+    )
     narrow = paper.replace(decoder_channels=(128, 64, 32, 16))
     assert run_dir(narrow, "unet", 0, cache) != run_dir(paper, "unet", 0, cache)
 
 
-def _digest_without_decoder(params, cache):
+def test_instance_norm_makes_another_run_and_batch_norm_keeps_older_run_names(tmp_path):
+    cache = SimpleNamespace(folder=str(tmp_path / "cache" / "0123"))
+    params = get_params("smoke", work_dir=str(tmp_path))
+    assert params.norm == "batch"
+    assert run_dir(params, "unet", 0, cache).name == "unet-fold0-" + _digest_without(params, cache, "norm")
+    instance = params.replace(norm="instance")
+    assert train_settings(instance, "unet", 0).norm == "instance"
+    assert run_dir(instance, "unet", 0, cache) != run_dir(params, "unet", 0, cache)
+
+
+def _digest_without(params, cache, *keys):
+    """The digest of the settings without ``keys``: the name runs had before they were settings."""
     from dataclasses import asdict
 
     from mstt_lib.io import short_digest
 
     settings = asdict(train_settings(params, "unet", 0))
-    settings.pop("decoder_channels")
+    for key in keys:
+        settings.pop(key)
     settings["cache"] = Path(cache.folder).name
     return short_digest(settings)

@@ -78,3 +78,22 @@ def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, 
     predicted = nib.load(tmp_path / "predicted" / "STS_002.nii.gz")
     np.testing.assert_allclose(predicted.affine, AFFINE)  # on the case's own grid
     assert predicted.shape == (24, 20, 8)
+
+
+def test_variants_of_a_set_are_scored_as_one_averaged_model(ibsi_cohort, tmp_path):
+    params = _params(ibsi_cohort, tmp_path / "work")
+    instance = params.replace(norm="instance", seed=1)
+    alone = [pipeline.cross_validation_results(p, progress=False) for p in (params, instance)]
+    both = pipeline.cross_validation_results([params, instance], progress=False)
+    assert list(both["case_id"]) == list(alone[0]["case_id"]) and "-average-" in both["prediction"][0]
+
+    def probability(results):
+        return nib.load(results["prediction"][0].replace(".nii.gz", "_probability.nii.gz")).get_fdata()
+
+    first, second, average = map(probability, [*alone, both])
+    assert not np.allclose(average, first, atol=1e-3) and not np.allclose(average, second, atol=1e-3)
+    # logits averaged, then resampled: between the members' probabilities, up to interpolation
+    low, high = np.minimum(first, second) - 1e-3, np.maximum(first, second) + 1e-3
+    assert ((average >= low) & (average <= high)).mean() > 0.95
+    with pytest.raises(ValueError, match="slice caches"):
+        pipeline.cross_validation_results([params, params.replace(spacing_mm=4.0)], progress=False)
