@@ -454,6 +454,8 @@ def cross_validation_results(params: Params | Sequence[Params], progress: bool =
     from mstt_lib.evaluate import evaluate_run
 
     variants = [params] if isinstance(params, Params) else list(params)
+    if not variants:
+        raise ValueError("give a parameter set, or a list of its variants to average")
     params = variants[0]
     cache = slice_cache(params, progress=progress)
     if any(slice_cache(v, progress=False).folder != cache.folder for v in variants[1:]):

@@ -95,5 +95,7 @@ def test_variants_of_a_set_are_scored_as_one_averaged_model(ibsi_cohort, tmp_pat
     # logits averaged, then resampled: between the members' probabilities, up to interpolation
     low, high = np.minimum(first, second) - 1e-3, np.maximum(first, second) + 1e-3
     assert ((average >= low) & (average <= high)).mean() > 0.95
+    with pytest.raises(ValueError, match="list of its variants"):
+        pipeline.cross_validation_results([], progress=False)
     with pytest.raises(ValueError, match="slice caches"):
         pipeline.cross_validation_results([params, params.replace(spacing_mm=4.0)], progress=False)
