@@ -458,15 +458,22 @@ def cross_validation_results(params: Params | Sequence[Params], progress: bool =
         raise ValueError("give a parameter set, or a list of its variants to average")
     params = variants[0]
     cache = slice_cache(params, progress=progress)
-    if any(slice_cache(v, progress=False).folder != cache.folder for v in variants[1:]):
-        raise ValueError(
-            "the variants read other slice caches (grid, crop or images): their models cannot be averaged"
-        )
+    for variant in variants[1:]:
+        if variant.work_dir != params.work_dir:
+            raise ValueError("the variants to average should share the work folder")
+        # settings first: a variant on another grid is refused before its cache is built
+        if (
+            cache_settings(variant) != cache_settings(params)
+            or slice_cache(variant, progress=False).folder != cache.folder
+        ):
+            raise ValueError(
+                "the variants read other slice caches (grid, crop or images): their models cannot be averaged"
+            )
     registered, _ = registered_cohort(params, progress=progress)
     cases = registered[registered["case_id"].isin(cache.case_ids)]
     folds = splits(params, cases)
-    if any(v.work_dir != params.work_dir or splits(v, cases) != folds for v in variants[1:]):
-        raise ValueError("the variants to average should share the work folder and the folds")
+    if any(splits(v, cases) != folds for v in variants[1:]):
+        raise ValueError("the variants to average should share the folds")
     results = []
     for name in params.models:
         for fold in params.folds:
