@@ -41,6 +41,7 @@ def cache(tmp_path_factory) -> SliceCache:
 TINY = dict(
     model="unet",
     encoder="resnet18",
+    decoder_channels=(64, 32, 16, 8),
     image_size=32,
     min_tumour_voxels=20,
     batch_size=8,
