@@ -255,9 +255,8 @@ def test_a_run_with_a_shallower_decoder_is_rebuilt_as_trained_when_loaded(cache,
     from mstt_lib.infer import load_run
 
     cases = cache.case_ids
-    settings = TrainSettings(
-        **TINY, epochs=1, augment=False, samples_per_epoch=8, decoder_channels=(32, 16, 8, 8)
-    )
+    shallower = {**TINY, "decoder_channels": (32, 16, 8, 8)}
+    settings = TrainSettings(**shallower, epochs=1, augment=False, samples_per_epoch=8)
     train(settings, cache, cases, cases, tmp_path / "run", progress=False)
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["decoder_channels"] == [32, 16, 8, 8]
