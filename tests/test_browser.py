@@ -2,6 +2,7 @@
 
 import functools
 import http.server
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -121,6 +122,19 @@ def test_plotly_figures_render_offline_from_the_books_own_plotly_js(server, brow
         "return Array.from(document.scripts).map(s => s.src).filter(s => s.includes('plotly'))"
     )
     assert len(scripts) == 1 and "_static/plotly.min.js" in scripts[0]
+
+
+def test_no_table_in_the_book_cuts_its_text_short():
+    """pandas shows 50 characters of a cell and then '...': a reader of the HTML cannot see the rest."""
+    pages = sorted((ROOT / "_build" / "html" / "book").rglob("*.html"))
+    assert pages, "no built book: `make test` builds it before the tests"
+    cut = [
+        f"{page.name}: {cell.strip()[-40:]}"
+        for page in pages
+        for cell in re.findall(r"<td>(.*?)</td>", page.read_text(encoding="utf-8"), flags=re.S)
+        if cell.strip().endswith("...")
+    ]
+    assert not cut, f"table cells cut short: {cut}"
 
 
 def test_failure_chapter_links_to_case_pages_whose_viewer_shows_truth_and_prediction(server, browser):
