@@ -263,6 +263,7 @@ def test_the_grid_command_runs_chapter_4_as_a_ray_task(cluster, tiny_project):
     address = cluster.get_runtime_context().gcs_address
     command = [sys.executable, "-m", "mstt_lib.runner", "grid", "--engine", "ray", "--address", address]
     command += ["--params", "smoke", "-p", "cohort", str(cohort), "-p", "epochs", "1", "-p", "device", "cpu"]
+    command += ["-p", "folds", "[0]"]
     result = subprocess.run(command, cwd=root, env=library_environment(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     executed = root / "work" / "grid" / "smoke" / "04_training-unet-fold0.ipynb"

@@ -131,7 +131,8 @@ def test_replace_checks_its_changes_like_get_params(tmp_path, monkeypatch):
     changed = params.replace(folds=[1, 3], work_dir="elsewhere", train_minutes=2.0)
     assert changed.folds == (1, 3) and changed.work_dir == tmp_path / "elsewhere"
     assert changed.train_minutes == 2.0 and changed.set == "smoke"
-    assert params.folds == (0,) and params.work_dir == tmp_path / "work"  # the original is untouched
+    # the original is untouched
+    assert params.folds == (0, 1, 2, 3, 4) and params.work_dir == tmp_path / "work"
     # None is a value for replace (e.g. no minutes budget), unlike get_params' overrides.
     assert changed.replace(train_minutes=None).train_minutes is None
     expected = r"unknown parameter\(s\) \['epoch'\] for set 'smoke'; valid: .*'epochs'"
