@@ -58,11 +58,12 @@ def evaluate_run(
     rows = pd.read_csv(metrics_file).to_dict("records") if metrics_file.is_file() else []
     rows = [r for r in rows if r.get("inference") == INFERENCE_VERSION]  # older inference: again
     done = {r["case_id"] for r in rows}
-    from mstt_lib.predictor import Predictor
-
-    predictor = Predictor(tta, planes, device, batch_size, progress=progress).load_runs(run_dirs)
-    set_inference_threads()
     todo = [r for r in cases.to_dict("records") if r["case_id"] not in done]
+    if todo:  # the models load only for cases not scored yet: a rerun of a chapter reads the table
+        from mstt_lib.predictor import Predictor
+
+        predictor = Predictor(tta, planes, device, batch_size, progress=progress).load_runs(run_dirs)
+        set_inference_threads()
     name = Path(run_dirs[0]).name + (f" and {len(run_dirs) - 1} more" if len(run_dirs) > 1 else "")
     for row in tqdm(todo, desc=f"evaluating {name}", unit="case", disable=not progress):
         case_id = row["case_id"]

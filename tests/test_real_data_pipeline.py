@@ -52,7 +52,7 @@ def _params(cohort, work):
     )
 
 
-def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, tmp_path):
+def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, tmp_path, monkeypatch):
     params = _params(ibsi_cohort, tmp_path / "work")
     registered, quality = pipeline.registered_cohort(params, progress=False)
     assert list(registered["case_id"]) == [f"STS_{i:03d}" for i in range(5)]
@@ -63,6 +63,10 @@ def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, 
     results = pipeline.cross_validation_results(params, progress=False)
     assert len(results) == 1 and results["model"].tolist() == ["unet"]  # fold 0 holds one case of five
     assert {"dice", "hd95_mm", "surface_dice", "prediction", "native_mask"} <= set(results.columns)
+    with monkeypatch.context() as patch:  # every case scored: a rerun reads the table, loads no model
+        patch.setattr("mstt_lib.predictor.Predictor.load_runs", lambda *a, **k: pytest.fail("model loaded"))
+        again = pipeline.cross_validation_results(params, progress=False)
+    assert again.equals(results)
 
     ensemble = pipeline.fold_ensemble(params, "unet", results)
     decision = json.loads((ensemble / "postprocessing.json").read_text())
