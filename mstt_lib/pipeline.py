@@ -81,9 +81,10 @@ def open_cohort(params: Params, progress: bool = True) -> tuple[pd.DataFrame, li
         )
         # The default folder is the library's own cache: remade when the settings change.
         generate_cohort(root, settings, progress=progress, replace_stale=True)
-    # Checking every file of 199 cases takes seconds; a notebook asks several times.
-    # The table file's time (the cohort folder's for the IBSI layout: cases added or removed)
-    # tells a changed cohort.
+    # Checking every file of 199 cases takes seconds; a notebook asks several times. The table
+    # file's time (the cohort folder's for the IBSI layout: cases added or removed) tells a
+    # changed cohort within a kernel; across kernels, the record of cohorts that passed, by
+    # their files' sizes and times.
     table = next((root / n for n in ("cohort.csv", "dataset.json") if (root / n).is_file()), root)
     stamp = table.stat().st_mtime_ns if table.exists() else None
     key = (str(root), params.modalities, params.skip_bad_cases, stamp)
@@ -93,6 +94,7 @@ def open_cohort(params: Params, progress: bool = True) -> tuple[pd.DataFrame, li
             modalities=params.modalities,
             skip_bad=params.skip_bad_cases,
             progress=progress,
+            record=params.work_dir / "checked_cohorts.json",
         )
     cases, problems = _CHECKED[key]
     return cases.copy(), list(problems)

@@ -288,6 +288,35 @@ def test_unknown_modality_is_a_value_error(cohort):
 
 
 # ---------------------------------------------------------------------------
+# The record of cohorts that passed.
+
+
+def test_a_recorded_cohort_is_not_read_again_until_one_of_its_files_changes(cohort, monkeypatch):
+    root, _ = cohort
+    record = root / "work" / "checked_cohorts.json"
+    first, _ = _load(root, record=record)
+    with monkeypatch.context() as patch:
+        patch.setattr("mstt_lib.cohort.validate_cases", lambda *a, **k: pytest.fail("read again"))
+        again, problems = _load(root, record=record)
+    pd.testing.assert_frame_equal(again, first)
+    assert problems == []
+    save_nifti(_mask((8, 8, 5)), T2_AFFINE, root / "C2/mask.nii.gz")  # a changed file: checked again
+    error = _cohort_error(root, record=record)
+    assert "case C2: mask shape (8, 8, 5) does not match T2 shape (8, 8, 4)" in str(error)
+
+
+def test_a_cohort_that_warned_is_not_recorded_and_warns_every_time(cohort):
+    root, _ = cohort
+    record = root / "work" / "checked_cohorts.json"
+    save_nifti(np.zeros(SHAPE, np.uint8), T2_AFFINE, root / "C2/mask.nii.gz")
+    for _ in range(2):
+        with pytest.warns(EmptyMaskWarning, match="C2"):
+            table, _ = _load(root, record=record)
+        assert table["case_id"].tolist() == ["C1", "C2", "C3"]
+    assert not record.exists()
+
+
+# ---------------------------------------------------------------------------
 # Empty masks and skip_bad.
 
 
