@@ -26,7 +26,14 @@ from tqdm import tqdm
 
 from mstt_lib.io import load_nifti, read_volume
 
-__all__ = ["FAILURE_KINDS", "error_volumes", "measure_failures", "classify_failures", "error_slice"]
+__all__ = [
+    "FAILURE_KINDS",
+    "error_volumes",
+    "measure_failures",
+    "classify_failures",
+    "error_slice",
+    "focus_window",
+]
 
 FAILURE_KINDS = (
     "missed entirely",
@@ -124,6 +131,30 @@ def classify_failures(
     return table
 
 
+def focus_window(*masks: np.ndarray, min_side: int = 80, scale: float = 2.5) -> tuple[slice, slice]:
+    """The square of a 2D slice that a montage panel shows, so that a small tumour's contours
+    are seen: centred on the masks' joint bounding box, ``scale`` times its longer side (at
+    least ``min_side`` pixels, at most the slice), moved inside the slice. Masks empty on
+    the slice: the whole slice. A false positive away from the tumour widens the box, so it
+    stays in view."""
+    union = np.logical_or.reduce([np.asarray(m, dtype=bool) for m in masks])
+    if not union.any():
+        return slice(None), slice(None)
+    window = []
+    for axis, length in enumerate(union.shape):
+        found = np.flatnonzero(union.any(axis=1 - axis))
+        window.append((found[0], found[-1], length))
+    extent = max(last - first + 1 for first, last, _ in window)
+    side = max(min_side, int(np.ceil(scale * extent)))
+    slices = []
+    for first, last, length in window:
+        size = min(side, length)
+        start = int(round((first + last + 1) / 2 - size / 2))
+        start = min(max(start, 0), length - size)
+        slices.append(slice(start, start + size))
+    return slices[0], slices[1]
+
+
 def error_slice(prediction: np.ndarray, truth: np.ndarray, axis: int = 2) -> int:
     """The slice along ``axis`` with the most wrong voxels (most tumour when none is wrong),
     the one a montage shows to make a failure visible."""
@@ -158,9 +189,9 @@ def failure_montage(table: pd.DataFrame, per_tissue: int = 1, modality: str | No
     figure, axes = plt.subplots(
         len(tissues),
         2 * per_tissue,
-        figsize=(2.6 * 2 * per_tissue, 2.7 * len(tissues)),
+        figsize=(3.2 * 2 * per_tissue, 3.3 * len(tissues)),
         squeeze=False,
-        dpi=72,
+        dpi=90,
     )
     for r, tissue in enumerate(tissues):
         group = table[table["tissue"].isna() if tissue is None else table["tissue"] == tissue]
@@ -191,15 +222,19 @@ def failure_montage(table: pd.DataFrame, per_tissue: int = 1, modality: str | No
             k = error_slice(prediction, truth)
             name = modality or ("T2" if "T2" in canonical["images"] else next(iter(canonical["images"])))
             image = normalise_intensity(canonical["images"][name])
-            axis.imshow(display_slice(image, "axial", k), cmap="gray", vmin=0, vmax=1)
-            for mask, colour in ((truth, "lime"), (prediction, "red")):
-                plane = display_slice(mask, "axial", k).astype(float)
-                if plane.any():
-                    axis.contour(plane, [0.5], colors=colour, linewidths=0.9)
+            planes = [display_slice(mask, "axial", k) for mask in (truth, prediction)]
+            window = focus_window(*planes)
+            axis.imshow(display_slice(image, "axial", k)[window], cmap="gray", vmin=0, vmax=1)
+            for plane, colour in zip(planes, ("lime", "red"), strict=True):
+                if plane[window].any():
+                    axis.contour(plane[window].astype(float), [0.5], colors=colour, linewidths=1.2)
             kind = row.get("failure_kind")
             kind = f"\n{kind}" if isinstance(kind, str) and kind else ""
             axis.set_title(f"{label}: {row['case_id']}\nDice {row['dice']:.2f}{kind}", fontsize=8)
         axes[r, 0].set_ylabel(tissue or "no tissue recorded", fontsize=10)
-    figure.suptitle("Worst (left) and best (right) cases per tissue: ground truth green, prediction red")
+    figure.suptitle(
+        "Worst (left) and best (right) cases per tissue, zoomed on the masks:\n"
+        "ground truth green, prediction red"
+    )
     figure.tight_layout()
     return figure

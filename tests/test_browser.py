@@ -137,6 +137,18 @@ def test_no_table_in_the_book_cuts_its_text_short():
     assert not cut, f"table cells cut short: {cut}"
 
 
+def test_the_ranked_cases_table_fits_the_page_of_the_failure_chapter(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{server}/book/chapters/07_failure_analysis.html")
+    table = browser.find_element(By.XPATH, "//table[.//a[starts-with(@href, 'cases/')]]")
+    width, room = browser.execute_script(
+        "return [arguments[0].getBoundingClientRect().width, arguments[0].parentElement.clientWidth]", table
+    )
+    # wider than its output area, the table scrolls and hides its last columns (window 1400 px)
+    assert width <= room, f"the ranked table is {width - room:.0f} px wider than the page's output area"
+
+
 def test_failure_chapter_links_to_case_pages_whose_viewer_shows_truth_and_prediction(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

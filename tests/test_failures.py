@@ -143,3 +143,22 @@ def test_failure_montage_puts_each_tissues_worst_left_and_best_right(tmp_path):
     assert titles[2].startswith("worst: N1") and titles[3] == ""
     assert not figure.axes[3].axison  # Nerve has no second case: its best panel is blank
     assert figure.axes[0].get_ylabel() == "Fat" and figure.axes[2].get_ylabel() == "Nerve"
+
+
+def test_focus_window_frames_both_masks_and_stays_inside_the_slice():
+    from mstt_lib.failures import focus_window
+
+    truth, prediction = np.zeros((200, 150), bool), np.zeros((200, 150), bool)
+    truth[100:110, 60:70] = True
+    rows, cols = focus_window(truth, prediction, min_side=40, scale=2.0)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (40, 40)  # 2 x 10 is below the minimum
+    assert truth[rows, cols].sum() == truth.sum()
+    assert abs((rows.start + rows.stop) / 2 - 105) <= 1 and abs((cols.start + cols.stop) / 2 - 65) <= 1
+
+    prediction[5:15, 140:150] = True  # a false positive in the corner widens the window, kept inside
+    rows, cols = focus_window(truth, prediction, min_side=40, scale=2.0)
+    assert rows.start >= 0 and rows.stop <= 200 and cols.start >= 0 and cols.stop <= 150
+    assert cols.stop - cols.start == 150  # the box (105 x 90) doubled is wider than the slice: all of it
+    assert prediction[rows, cols].sum() == prediction.sum() and truth[rows, cols].sum() == truth.sum()
+
+    assert focus_window(np.zeros((8, 8), bool)) == (slice(None), slice(None))
