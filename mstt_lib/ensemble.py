@@ -38,7 +38,8 @@ def _members(folder: Path) -> list[Path]:
 def resolve_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Path], Choice]:
     """(the run folders to average, the post-processing to apply) for ``-r`` arguments.
 
-    Ensemble folders expand into their fold runs; a plain run folder stands for itself. The
+    Ensemble folders expand into their fold runs; a plain run folder stands for itself; a run
+    named twice (an ensemble and its own member, as a shell pattern may give) is used once. The
     post-processing is the one recorded in the folders given (the plain mask where none is); folders
     that record different steps cannot be combined.
     """
@@ -55,4 +56,7 @@ def resolve_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Path], Cho
             f"the run folders record different post-processing {sorted(c.label for c in choices)}: "
             "predict with them apart"
         )
-    return runs, choices.pop() if choices else Choice()
+    first = {}
+    for run in runs:
+        first.setdefault(run.resolve(), run)
+    return list(first.values()), choices.pop() if choices else Choice()

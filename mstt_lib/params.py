@@ -47,6 +47,7 @@ class Params:
     cohort: str | Path = "synthetic"
     n_cases: int = 199  # cases of the synthetic cohort
     seed: int = 0  # the seed of the phantom cohort, registration, held-out cases and training
+    train_seed: int | None = None  # training's own seed (None: seed), leaving the cohort as it is
     phantom_matrix: int = 192  # in-plane voxels of the synthetic images
     phantom_slices: int = 20  # slices of the synthetic images
     modalities: tuple[str, ...] = ("T1", "T2")  # the input images of each case
@@ -77,6 +78,9 @@ class Params:
     unet_weights: str | Path | None = "imagenet"
     first_conv: str = "tile"  # 6-channel first conv: "tile" (ImageNet filters, as smp) or "random" (authors)
     norm: str = "batch"  # the U-Net's normalisation layers: "batch" (smp's, the paper's) or "instance"
+    # Runs averaged into each fold's model and the final model (pipeline.member_params): the
+    # normalisation alternates between BatchNorm and InstanceNorm, the seed advances every two.
+    members: int = 1
     litemedsam_weights: str | Path | None = None  # a local lite_medsam.pth
     augment: bool = True  # the paper's Appendix A augmentations (flips, rot90, intensity, blur, distortion)
     samples_per_epoch: int | None = None  # None: every training sample, every epoch
@@ -85,7 +89,7 @@ class Params:
     schedule: str = "constant"  # the paper's constant rate, or "poly" (nnU-Net's decay)
     keep: str = "last"  # the last weights (the paper) or the "best" validation Dice
     train_minutes: float | None = None  # a wall-clock budget per run; sets the epochs (recorded in run.json)
-    final_minutes: float | None = None  # the budget of the model trained on every case (None: as the folds)
+    final_minutes: float | None = None  # each run's budget in the model on every case (None: as the folds)
     # Post-processing of the predicted mask: None, "largest" (largest connected component) or "auto".
     postprocess: str | None = None
     fold_scheme: str = "stratified"  # or "kfold": the authors' KFold(5, shuffle=True, random_state=42)
@@ -109,6 +113,10 @@ class Params:
                     object.__setattr__(self, field.name, int(value) if number == "int" else float(value))
                 except ValueError:
                     raise ValueError(f"parameter {field.name} should be a number, got {value!r}") from None
+        if isinstance(self.members, bool) or not isinstance(self.members, int) or self.members < 1:
+            raise ValueError(
+                f"parameter members should be a whole number of runs, 1 or more: {self.members!r}"
+            )
         root = project_root()
         for key in ("data_dir", "work_dir", "cohort"):
             value = getattr(self, key)

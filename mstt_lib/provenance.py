@@ -67,8 +67,9 @@ def runs_summary(run_dirs: Iterable[str | os.PathLike]) -> str:
         devices = "/".join(sorted({_device(r) for r in mine}))
         name = _MODEL_NAMES.get(model, model)
         if mine[0].get("encoder"):
-            norms = sorted({r.get("norm") or "batch" for r in mine} - {"batch"})
-            name += f" ({', '.join([mine[0]['encoder'], *(f'{n} norm' for n in norms)])})"
+            norms = sorted({r.get("norm") or "batch" for r in mine})
+            norm = [] if norms == ["batch"] else [f"{' and '.join(norms)} norm"]
+            name += f" ({', '.join([mine[0]['encoder'], *norm])})"
         step_text = str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
         budget = f"{step_text} steps of {mine[0]['batch_size']}"
         if minutes_budget:

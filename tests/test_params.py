@@ -158,3 +158,20 @@ def test_the_recorded_parameter_set_is_every_value_as_json_and_reads_back(tmp_pa
         assert recorded == params.to_dict() and list(recorded)[-1] == "set"
         assert isinstance(recorded["folds"], list) and isinstance(recorded["work_dir"], str)
         assert Params(**recorded) == params
+
+
+def test_members_must_be_a_whole_number_of_runs_and_leave_the_cohort_seed_alone():
+    from mstt_lib.pipeline import member_params
+
+    assert get_params("smoke", members="3").members == 3  # papermill's YAML may give text
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="members"):
+            get_params("smoke", members=bad)
+    four = member_params(get_params("smoke", members=4, seed=7))
+    assert [(m.norm, m.train_seed, m.seed, m.members) for m in four] == [
+        ("batch", 7, 7, 1),
+        ("instance", 7, 7, 1),
+        ("batch", 8, 7, 1),
+        ("instance", 8, 7, 1),
+    ]
+    assert member_params(get_params("smoke")) == [get_params("smoke")]

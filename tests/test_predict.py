@@ -71,10 +71,12 @@ def test_an_nnunet_style_image_folder_and_an_ensemble_work_from_the_command_line
     shutil.copy(cohort / case.t1, images / f"{case.case_id}_0000.nii.gz")
     shutil.copy(cohort / case.t2, images / f"{case.case_id}_0001.nii.gz")
     assert read_input(images)[0]["case_id"].tolist() == [case.case_id]
+    second = shutil.copytree(run_dir, tmp_path / "second_run")  # the same run named twice is used once
     main(
         [
             "-r",
             str(run_dir),
+            str(second),
             str(run_dir),
             "-i",
             str(images),

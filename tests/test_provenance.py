@@ -56,3 +56,12 @@ def test_runs_are_grouped_by_the_parameter_set_they_record(tmp_path):
         "paper": ["b"],
     }
     assert json.loads((a / "parameter_set.json").read_text())["work_dir"] == str(tmp_path)
+
+
+def test_members_of_both_normalisations_are_named_as_both(tmp_path):
+    runs = [_run(tmp_path / f"unet-fold0-{k}", 160, 0.5) for k in range(2)]
+    record = json.loads((runs[1] / "run.json").read_text())
+    (runs[1] / "run.json").write_text(json.dumps({**record, "norm": "instance"}))
+    assert runs_summary(runs).startswith("U-Net (resnet18, batch and instance norm): 2 runs")
+    assert runs_summary(runs[1:]).startswith("U-Net (resnet18, instance norm): 160 steps")
+    assert runs_summary(runs[:1]).startswith("U-Net (resnet18): 160 steps")

@@ -103,3 +103,35 @@ def test_variants_of_a_set_are_scored_as_one_averaged_model(ibsi_cohort, tmp_pat
         pipeline.cross_validation_results([], progress=False)
     with pytest.raises(ValueError, match="slice caches"):
         pipeline.cross_validation_results([params, params.replace(spacing_mm=4.0)], progress=False)
+
+
+def test_members_are_averaged_into_each_fold_model_and_the_final_model(ibsi_cohort, tmp_path):
+    from mstt_lib.ensemble import resolve_runs
+
+    single = _params(ibsi_cohort, tmp_path / "work")
+    params = single.replace(members=2)
+    members = pipeline.member_params(params)
+    assert [(m.norm, m.train_seed, m.seed) for m in members] == [("batch", 0, 0), ("instance", 0, 0)]
+    cache = pipeline.slice_cache(params, progress=False)
+    assert pipeline.run_dir(members[0], "unet", 0, cache) == pipeline.run_dir(single, "unet", 0, cache)
+
+    results = pipeline.cross_validation_results(params, progress=False)
+    assert "-average-" in results["prediction"][0]  # the two members' logits averaged, as variants are
+    assert results.equals(pipeline.cross_validation_results(members, progress=False))
+
+    ensemble = pipeline.fold_ensemble(params, "unet", results)
+    listed = json.loads((ensemble / "ensemble.json").read_text())["runs"]
+    assert listed == [pipeline.run_dir(m, "unet", 0, cache).name for m in members]
+    decision = json.loads((ensemble / "postprocessing.json").read_text())
+    final = pipeline.final_run(params, "unet", postprocessing=decision, progress=False)
+    assert final.name.startswith("unet-all-ensemble-")
+    runs, choice = resolve_runs([final, *final.parent.glob("unet-all-*")])  # a shell pattern: each once
+    assert len(runs) == 2 and {json.loads((r / "params.json").read_text())["norm"] for r in runs} == {
+        "batch",
+        "instance",
+    }
+    assert choice == read_choice(ensemble) and all(read_choice(r) == choice for r in runs)
+    status = predict_folder(
+        [final], ibsi_cohort, tmp_path / "predicted", tta="none", planes=("axial",), progress=False
+    )
+    assert status["status"].str.startswith("ok").all() and len(status) == 5
