@@ -111,8 +111,11 @@ def evaluate_external(
     from mstt_lib.cohort import load_cohort
     from mstt_lib.predictor import Predictor
 
-    cases, _ = load_cohort(cohort_dir, progress=progress, skip_bad=True)
     predictor = Predictor(tta, planes, device, progress=progress).load_runs(run_dirs)
+    # the runs' own modalities: a T1-only cohort's cases would all be skipped as missing their T2
+    cases, _ = load_cohort(
+        cohort_dir, modalities=predictor.settings.modalities, progress=progress, skip_bad=True
+    )
     predictor.predict_folder(cohort_dir, out_dir)
     rows = []
     for row in cases.to_dict("records"):

@@ -375,17 +375,17 @@ def train_grid(params: Params, cache=None, progress: bool = True) -> tuple[list[
 
 
 def external_results(params: Params, external_cohort: str | Path, progress: bool = True) -> pd.DataFrame:
-    """Each model's fold runs, averaged, scored on an external cohort (``domain`` "external").
+    """Each model's fold runs (every member), averaged, scored on an external cohort (``domain`` "external").
 
     Predictions and scores go to ``<work_dir>/evaluation/<cohort>/external-<model>-<hash>``,
     the hash naming the runs, the external cohort, the TTA and the planes.
     """
     from mstt_lib.evaluate import evaluate_external
 
-    cache = slice_cache(params, progress=progress)
+    slice_cache(params, progress=progress)  # built here, with its progress bar, if missing
     scores = []
     for name in params.models:
-        runs = [run_dir(params, name, fold, cache) for fold in params.folds]
+        runs = run_dirs(params, [name])  # every fold's members
         what = [[r.name for r in runs], str(Path(external_cohort).resolve()), params.tta, params.planes]
         out = (
             runs[0].parent.parent.parent

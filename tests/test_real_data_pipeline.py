@@ -135,3 +135,10 @@ def test_members_are_averaged_into_each_fold_model_and_the_final_model(ibsi_coho
         [final], ibsi_cohort, tmp_path / "predicted", tta="none", planes=("axial",), progress=False
     )
     assert status["status"].str.startswith("ok").all() and len(status) == 5
+
+    external = pipeline.external_results(
+        params.replace(tta="none", planes=("axial",)), ibsi_cohort, progress=False
+    )
+    assert len(external) == 5 and (external["domain"] == "external").all()
+    (scored,) = (tmp_path / "work" / "evaluation" / "sts-ibsi-t1").glob("external-unet-*")
+    assert len(json.loads((scored / "STS_000.json").read_text())["runs"]) == 2  # both members
