@@ -157,13 +157,15 @@ def mean_table(
     Each row says how many cases the group has (``n_cases``), how many the mean is over
     (``n_scored``) and how many had no finite value because the tumour was missed
     (``n_missed``: infinite HD95 or ASSD), and in ``misses`` how those entered the figure:
-    left out (``misses=None``) or counted as the penalty ``misses``.
+    left out (``misses=None``) or counted as the penalty ``misses``. The overall row ("all")
+    comes only beside two groups or more: with one, it would repeat that group's row.
     """
     rows = []
     for key, group in results.groupby(by, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key, strict=True)), **_aggregate(group[metric], metric, misses)})
-    rows.append({**{b: "all" for b in by}, **_aggregate(results[metric], metric, misses)})
+    if len(rows) > 1:
+        rows.append({**{b: "all" for b in by}, **_aggregate(results[metric], metric, misses)})
     return pd.DataFrame(rows)
 
 

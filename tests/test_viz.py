@@ -404,3 +404,13 @@ def test_static_viewer_in_chromium_draws_the_planes_render_plane_draws(tmp_path)
                 np.testing.assert_array_equal(drawn, expected, err_msg=f"{plane}, image {modality}")
     finally:
         browser.quit()
+
+
+def test_wrappable_headers_have_spaces_where_underscores_were():
+    import pandas as pd
+
+    from mstt_lib.viz import wrappable
+
+    table = pd.DataFrame({"case_id": ["A"], "fp_near_ml": [1.0], 3: [2]}).set_index("case_id")
+    assert list(wrappable(table).columns) == ["fp near ml", 3] and wrappable(table).index.name == "case_id"
+    assert list(table.columns) == ["fp_near_ml", 3]  # a copy: the table itself is unchanged

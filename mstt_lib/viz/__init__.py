@@ -23,6 +23,7 @@ from mstt_lib.viz.figures import (
     show_figure,
     tissue_gallery,
     trend_figure,
+    wrappable,
 )
 from mstt_lib.viz.widget import live_case_viewer, live_viewer, render_plane
 
@@ -43,4 +44,5 @@ __all__ = [
     "load_case_on_reference_grid",
     "load_mask",
     "trend_figure",
+    "wrappable",
 ]

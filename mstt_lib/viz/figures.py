@@ -51,6 +51,13 @@ def show_figure(figure) -> None:
     display(bundle, raw=True)
 
 
+def wrappable(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with spaces in place of underscores in its column names: a browser wraps a
+    header only at a space, so a wide per-case table then fits the book's page instead of
+    scrolling its last columns out of sight."""
+    return table.rename(columns=lambda name: name.replace("_", " ") if isinstance(name, str) else name)
+
+
 def trend_figure(frame: pd.DataFrame, x: str, y: str = "dice", title: str = "", log_x: bool = False):
     """Scatter of ``y`` against ``x`` per tissue, each with its least-squares line and R^2
     (the paper's Figs. 8-9); with ``log_x`` the line is fitted over log10(x)."""
