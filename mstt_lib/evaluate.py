@@ -113,9 +113,14 @@ def evaluate_external(
 
     predictor = Predictor(tta, planes, device, progress=progress).load_runs(run_dirs)
     # the runs' own modalities: a T1-only cohort's cases would all be skipped as missing their T2
-    cases, _ = load_cohort(
-        cohort_dir, modalities=predictor.settings.modalities, progress=progress, skip_bad=True
-    )
+    modalities = predictor.settings.modalities
+    cases, skipped = load_cohort(cohort_dir, modalities=modalities, progress=progress, skip_bad=True)
+    if cases.empty:  # an empty table would read as "nothing went wrong"
+        first = f"; the first: {skipped[0]}" if skipped else ""
+        raise ValueError(
+            f"external cohort {cohort_dir}: no case can be segmented by runs of {'+'.join(modalities)} "
+            f"({len(skipped)} skipped{first})"
+        )
     predictor.predict_folder(cohort_dir, out_dir)
     rows = []
     for row in cases.to_dict("records"):

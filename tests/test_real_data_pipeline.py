@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mstt_lib import pipeline
+from mstt_lib.evaluate import evaluate_external
 from mstt_lib.io import save_nifti
 from mstt_lib.params import real_data_params
 from mstt_lib.postprocess import read_choice
@@ -142,3 +143,13 @@ def test_members_are_averaged_into_each_fold_model_and_the_final_model(ibsi_coho
     assert len(external) == 5 and (external["domain"] == "external").all()
     (scored,) = (tmp_path / "work" / "evaluation" / "sts-ibsi-t1").glob("external-unet-*")
     assert len(json.loads((scored / "STS_000.json").read_text())["runs"]) == 2  # both members
+    broken = tmp_path / "broken" / "STS_009"  # no case to score: an error, not an empty table
+    broken.mkdir(parents=True)
+    (broken / "MR_T1_image.nii.gz").write_bytes(b"not an image")
+    (broken / "MR_T1_mask.nii.gz").write_bytes(b"not a mask")
+    with pytest.raises(
+        ValueError, match=r"no case can be segmented by runs of T1 \(1 skipped; the first: case STS_009"
+    ):
+        evaluate_external(
+            runs, broken.parent, tmp_path / "none", tta="none", planes=("axial",), progress=False
+        )
