@@ -13,9 +13,9 @@ fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` 
 on the same folds, per case with a Wilcoxon signed-rank test, on the real data and on the
 synthetic cohort (``--skip-real``/``--skip-synthetic`` leave one out, ``--recipe set`` runs
 the set's recipe alone); ``--minutes 15 30 60`` does so at equal CPU budgets in total (each of
-the five fold runs gets a fifth, as ``train_minutes``). ``--threads 1`` runs torch on one
-core, so that two comparisons can run side by side on a 2-core machine, each with a core's
-minutes.
+the five fold runs gets a fifth, as ``train_minutes``; with ``-p members N`` each of the 5 x N
+runs gets its share). ``--threads 1`` runs torch on one core, so that two comparisons can run
+side by side on a 2-core machine, each with a core's minutes.
 """
 
 from __future__ import annotations
@@ -69,13 +69,16 @@ def _sampling(params: Params) -> str:
 def budget(params: Params) -> str:
     """The run's settings as the record's first row: what a row was measured with, recipe included."""
     samples = params.samples_per_epoch or "all"
+    members = ""
+    if params.members > 1:
+        members = f", each model the mean of {params.members} runs (BatchNorm and InstanceNorm)"
     return (
         f"{'/'.join(params.models)}, {len(params.folds)} folds x {params.epochs} epochs x "
         f"{samples} samples (batch {params.batch_size}, lr {params.lr:g}, {params.schedule} rate, "
         f"loss {params.loss}, {_sampling(params)}, {params.keep} weights), "
         f"{params.spacing_mm:g} mm grid, {params.image_size} px, encoder {params.encoder}, "
         f"TTA {params.tta}, planes {'+'.join(params.planes)}, device {params.device}, "
-        f"weights {params.unet_weights or 'random initialisation'}, seed {params.seed}"
+        f"weights {params.unet_weights or 'random initialisation'}, seed {params.seed}{members}"
     )
 
 
@@ -114,7 +117,9 @@ def compare_recipes(
     """The set's recipe and the paper's on the same folds at the same budget: Dice per case."""
     import pandas as pd
 
-    budget_params = params if minutes is None else params.replace(train_minutes=minutes / len(params.folds))
+    # the budget is shared by every run: each fold's model is ``members`` runs
+    runs = len(params.folds) * params.members
+    budget_params = params if minutes is None else params.replace(train_minutes=minutes / runs)
     spent = "same steps" if minutes is None else f"{minutes:g} CPU-minutes of training in total"
     label = f"{cohort}, {spent}"
     scored = {}
