@@ -14,7 +14,9 @@ last weights. Beyond it (the ``smoke`` and ``best`` recipes):
   run's optimizer steps;
 - ``keep="best"``: the weights of the epoch with the best validation Dice;
 - ``train_minutes``: a wall-clock budget; the number of epochs follows from the
-  measured speed of a few steps and is recorded in ``budget.json``.
+  measured speed of a few steps, is measured again on the whole first epoch (a few
+  steps misjudged it by half either way beside another process on a 2-core machine)
+  and is recorded in ``budget.json``.
 
 A run
 writes its own folder: ``params.json``, ``preprocessing.json`` (how its samples were
@@ -419,25 +421,22 @@ def train(
             # Validation passes cost about a third of a training step per batch.
             epoch_seconds = step_seconds * (steps_per_epoch + len(val_loader) / 3)
             epochs = world.agree(max(1, int(settings.train_minutes * 60 // epoch_seconds)))
-            if world.main:
-                with atomic_path(budget_file) as tmp:
-                    tmp.write_text(
-                        json.dumps(
-                            {
-                                "train_minutes": settings.train_minutes,
-                                "step_seconds": step_seconds,
-                                "steps_per_epoch": steps_per_epoch,
-                                "epochs": epochs,
-                            },
-                            indent=1,
-                        )
-                    )
+            _write_budget(
+                budget_file,
+                world,
+                train_minutes=settings.train_minutes,
+                step_seconds=step_seconds,
+                steps_per_epoch=steps_per_epoch,
+                epochs=epochs,
+            )
     total_steps = epochs * steps_per_epoch
     world.barrier()  # a resumed run: every process has read the checkpoint before it is rewritten
     trained = world.wrap(model, device)  # the model itself in one process
 
     saved = None  # when this process last wrote a checkpoint
-    for epoch in range(start, epochs):
+    epoch = start - 1
+    while epoch + 1 < epochs:  # a minutes budget may change ``epochs`` after the first epoch
+        epoch += 1
         started = time.perf_counter()
         train_data.set_epoch(epoch)
         model.train()
@@ -477,6 +476,12 @@ def train(
                 "seconds": time.perf_counter() - started,
             }
         )
+        if epoch == 0 and settings.train_minutes is not None:
+            # The whole first epoch (set-up costs included, so it errs short) is a truer
+            # measure than the few steps timed before it.
+            epochs = world.agree(max(1, int(settings.train_minutes * 60 // history[-1]["seconds"])))
+            total_steps = epochs * steps_per_epoch
+            _write_budget(budget_file, world, first_epoch_seconds=history[-1]["seconds"], epochs=epochs)
         if settings.keep == "best" and not val_dice <= best["dice"]:  # NaN (no validation) counts as best
             best = {"dice": val_dice, "epoch": epoch + 1}
             if world.main:
@@ -511,6 +516,15 @@ def train(
     if world.size > 1:
         _record_processes(run_dir, world.size)
     return pd.DataFrame(history)
+
+
+def _write_budget(budget_file: Path, world, **values) -> None:
+    """``budget.json`` (what a minutes budget bought, read back by a resumed run), its
+    earlier values kept unless ``values`` replaces them."""
+    if world.main:
+        earlier = json.loads(budget_file.read_text()) if budget_file.is_file() else {}
+        with atomic_path(budget_file) as tmp:
+            tmp.write_text(json.dumps({**earlier, **values}, indent=1))
 
 
 def _record_processes(run_dir: Path, processes: int) -> None:
