@@ -30,6 +30,7 @@ from _record import record, use_threads
 
 from mstt_lib import pipeline, postprocess
 from mstt_lib.params import real_data_params
+from mstt_lib.provenance import runs_summary
 
 
 def _score(name: str, variants) -> tuple[str, str, str]:
@@ -39,11 +40,14 @@ def _score(name: str, variants) -> tuple[str, str, str]:
     per_fold = results.groupby("fold")["dice"].mean().round(3).tolist()
     dice = results["dice"]
     chosen = postprocess.choose_from_results(results)
+    # the steps and minutes each run had: a minutes budget buys what the machine allows
+    group = variants if isinstance(variants, list) else [variants]
+    runs = runs_summary(folder for variant in group for folder in pipeline.run_dirs(variant))
     seconds = time.perf_counter() - started
     value = (
         f"mean {dice.mean():.3f}, median {dice.median():.3f}; folds {per_fold}; post-processed "
         f"{chosen['mean_dice_chosen_on_other_folds']:.3f} (chosen on the other folds; on all: "
-        f"{chosen['postprocessing']} at {chosen['threshold']}); {seconds:.0f} s"
+        f"{chosen['postprocessing']} at {chosen['threshold']}); {seconds:.0f} s; {runs}"
     )
     print(f"{name}: {value}", flush=True)
     return name, value, ""
