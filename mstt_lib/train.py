@@ -420,7 +420,7 @@ def train(
             )
             # Validation passes cost about a third of a training step per batch.
             epoch_seconds = step_seconds * (steps_per_epoch + len(val_loader) / 3)
-            epochs = world.agree(max(1, int(settings.train_minutes * 60 // epoch_seconds)))
+            epochs = world.agree(_epochs_within(settings.train_minutes, epoch_seconds))
             _write_budget(
                 budget_file,
                 world,
@@ -479,7 +479,7 @@ def train(
         if epoch == 0 and settings.train_minutes is not None:
             # The whole first epoch (set-up costs included, so it errs short) is a truer
             # measure than the few steps timed before it.
-            epochs = world.agree(max(1, int(settings.train_minutes * 60 // history[-1]["seconds"])))
+            epochs = world.agree(_epochs_within(settings.train_minutes, history[-1]["seconds"]))
             total_steps = epochs * steps_per_epoch
             _write_budget(budget_file, world, first_epoch_seconds=history[-1]["seconds"], epochs=epochs)
         if settings.keep == "best" and not val_dice <= best["dice"]:  # NaN (no validation) counts as best
@@ -516,6 +516,11 @@ def train(
     if world.size > 1:
         _record_processes(run_dir, world.size)
     return pd.DataFrame(history)
+
+
+def _epochs_within(minutes: float, epoch_seconds: float) -> int:
+    """The whole epochs a budget of ``minutes`` holds (at least one)."""
+    return max(1, int(minutes * 60 // epoch_seconds))
 
 
 def _write_budget(budget_file: Path, world, **values) -> None:
