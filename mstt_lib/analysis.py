@@ -18,6 +18,7 @@ __all__ = [
     "bootstrap_ci",
     "mean_table",
     "summary_table",
+    "mean_with_interval",
     "site_tissue_table",
     "trend",
     "paired_comparison",
@@ -180,6 +181,14 @@ def summary_table(results: pd.DataFrame, metrics, misses: dict[str, float] | Non
         row = _aggregate(results[metric], "mean", misses.get(metric))
         rows.append({"metric": metric, **row})
     return pd.DataFrame(rows).set_index("metric")
+
+
+def mean_with_interval(row: pd.Series, column: str = "dice") -> str:
+    """One row of ``mean_table`` or ``summary_table`` (``column="mean"``) as a phrase for text:
+    the mean, its 95 % interval and the cases it is over."""
+    return (
+        f"{row[column]:.3f} (95 % CI {row['ci_low']:.3f}-{row['ci_high']:.3f}, {int(row['n_scored'])} cases)"
+    )
 
 
 def site_tissue_table(results: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,12 @@ __all__ = [
     "caption",
     "record_parameter_set",
     "runs_by_set",
+    "HEADLINES_DIR",
+    "record_headline",
 ]
+
+# Under the work folder: each chapter's main numbers, for the intro page (``record_headline``).
+HEADLINES_DIR = "headlines"
 
 # Sets that demonstrate the pipeline at a small budget rather than aim at the best numbers.
 SMALL_BUDGET_SETS = ("smoke",)
@@ -110,3 +115,20 @@ def runs_by_set(run_dirs: Iterable[str | os.PathLike]) -> dict[str, list[dict[st
         name = json.loads(path.read_text()).get("set", "unknown") if path.is_file() else "unknown"
         sets.setdefault(name, []).append(run_record(folder))
     return sets
+
+
+def record_headline(params: Params, chapter: str, findings: Sequence[str]) -> Path:
+    """A chapter's main numbers, each a short phrase, for the intro page of the book.
+
+    Written to ``<work_dir>/headlines/<chapter>.json`` with the set that made them; the runner
+    lists the headlines of the chapters it executed beside their runs, so the intro's numbers
+    are the computation's, never fixed text.
+    """
+    from mstt_lib.io import atomic_path
+
+    folder = Path(params.work_dir) / HEADLINES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"chapter": chapter, "set": params.set, "findings": list(findings)}
+    with atomic_path(folder / f"{chapter}.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+    return folder / f"{chapter}.json"

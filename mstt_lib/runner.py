@@ -33,7 +33,7 @@ import nbformat
 import pandas as pd
 
 from mstt_lib.io import atomic_path, command_errors
-from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, Params, project_root
+from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, Params, get_params, project_root
 
 __all__ = [
     "CHECK_MARKER",
@@ -108,11 +108,12 @@ def run_notebooks(
     check_parameters(parameters or {}, sources)
     out_dir = root / EXECUTED_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_started = time.time()
+    work_dir = get_params(param_set).work_dir
     written = []
     for source in sources:
         target = out_dir / source.name
         started = time.perf_counter()
+        started_wall = time.time()
         print(f"[mstt-book] running {source.name} (set {param_set}, kernel {kernel})", flush=True)
         with atomic_path(target) as tmp:
             try:
@@ -130,43 +131,78 @@ def run_notebooks(
                     f"{error.ename}: {error.evalue}"
                 ) from None
         print(f"[mstt-book] {source.name} done in {time.perf_counter() - started:.0f} s", flush=True)
+        _record_chapter(out_dir, source.stem, work_dir, started_wall)
         written.append(target)
-    write_build_info(out_dir, run_started)
+    write_build_info(out_dir)
     return written
 
 
 BUILD_INFO = "build_info.md"
+CHAPTER_RECORDS = ".build"  # under the executed copies: per chapter, the runs and headline it used
 
 
-def write_build_info(out_dir: Path, since: float) -> Path:
-    """``build_info.md`` for the intro page: the parameter sets and budgets of the runs this
-    build used, read from the run folders (each use rewrites its ``parameter_set.json``)."""
-    from mstt_lib.params import get_params
-    from mstt_lib.provenance import SMALL_BUDGET_SETS, runs_by_set, runs_summary
+def _record_chapter(out_dir: Path, chapter: str, work_dir: Path, since: float) -> None:
+    """What one executed chapter used: the run folders it touched (each use rewrites a run's
+    ``parameter_set.json``) and the headline it wrote, kept until the chapter runs again, so a
+    run of some chapters (``--only``) leaves the others' record as it was."""
+    import json
 
-    work_dir = get_params().work_dir
-    used = [
-        path.parent
+    from mstt_lib.provenance import HEADLINES_DIR
+
+    runs = [
+        str(path.parent)
         for path in sorted(work_dir.glob("runs/*/*/parameter_set.json"))
         if path.stat().st_mtime >= since and (path.parent / "run.json").is_file()
     ]
+    headline_file = work_dir / HEADLINES_DIR / f"{chapter}.json"
+    fresh = headline_file.is_file() and headline_file.stat().st_mtime >= since
+    record = {"runs": runs, "headline": json.loads(headline_file.read_text()) if fresh else None}
+    folder = out_dir / CHAPTER_RECORDS
+    folder.mkdir(exist_ok=True)
+    with atomic_path(folder / f"{chapter}.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=1))
+
+
+def write_build_info(out_dir: Path) -> Path:
+    """``build_info.md`` for the intro page: the main numbers of the executed chapters and the
+    parameter sets and budgets of the runs they used, read from the chapters' records."""
+    import json
+
+    from mstt_lib.provenance import SMALL_BUDGET_SETS, runs_by_set, runs_summary
+
+    records = {
+        path.stem: json.loads(path.read_text())
+        for path in sorted((out_dir / CHAPTER_RECORDS).glob("*.json"))
+        if (out_dir / f"{path.stem}.ipynb").is_file()  # a chapter no longer in the book: not its runs
+    }
+    used = sorted({Path(r) for record in records.values() for r in record["runs"]})
+    used = [folder for folder in used if (folder / "run.json").is_file()]
+    parts = []
+    headlines = [record["headline"] for record in records.values() if record["headline"]]
+    if headlines:
+        lines = [
+            f"- {{doc}}`/{EXECUTED_DIR.as_posix()}/{h['chapter']}` (set `{h['set']}`): "
+            + "; ".join(h["findings"])
+            for h in headlines
+        ]
+        parts.append("Main results of this copy:\n\n" + "\n".join(lines))
     if not used:
-        text = "No training run was used by the chapters of this build."
+        parts.append("No training run was used by the chapters of this build.")
     else:
         lines = []
-        for name, records in runs_by_set(used).items():
-            folders = [f for f in used if f.name in {r["run"] for r in records}]
+        for name, run_records in runs_by_set(used).items():
+            folders = [f for f in used if f.name in {r["run"] for r in run_records}]
             for cohort in sorted({f.parent.name for f in folders}):
                 mine = [f for f in folders if f.parent.name == cohort]
                 lines.append(f"- set `{name}`, cohort `{cohort}`: {runs_summary(mine)}")
-        text = "This copy of the book was built from these training runs:\n\n" + "\n".join(lines)
+        parts.append("It was built from these training runs:\n\n" + "\n".join(lines))
         if set(runs_by_set(used)) & set(SMALL_BUDGET_SETS):
-            text += (
-                "\n\nThe `smoke` set demonstrates the pipeline at a small CPU budget; its numbers are "
+            parts.append(
+                "The `smoke` set demonstrates the pipeline at a small CPU budget; its numbers are "
                 "those of models trained for minutes, not the best these models can do."
             )
     with atomic_path(out_dir / BUILD_INFO) as tmp:
-        tmp.write_text(text + "\n")
+        tmp.write_text("\n\n".join(parts) + "\n")
     return out_dir / BUILD_INFO
 
 
@@ -248,7 +284,6 @@ def run_grid(
     and its work directory at the same path (a shared filesystem). Prints the table of runs
     and writes it to ``<work_dir>/grid/<set>/runs.csv``.
     """
-    from mstt_lib.params import get_params
 
     if engine not in GRID_ENGINES:
         raise ValueError(f"unknown grid engine {engine!r}; choose one of {list(GRID_ENGINES)}")

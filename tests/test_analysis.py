@@ -118,3 +118,11 @@ def test_tumour_statistics_in_two_processes_equal_one_and_match_the_truth(phanto
     volumes = serial.set_index("case_id")["volume_ml"]
     np.testing.assert_allclose(volumes, truth.loc[volumes.index, "tumour_volume_ml"], rtol=1e-6)
     assert serial[["mean_t1", "mean_t2"]].apply(lambda v: v.between(0, 1)).all().all()
+
+
+def test_a_mean_reads_as_a_phrase_with_its_interval_and_cases():
+    results = pd.DataFrame({"model": ["unet"] * 4, "dice": [0.5, 0.7, 0.9, np.nan]})
+    row = analysis.mean_table(results, ["model"]).iloc[0]
+    low, high = row["ci_low"], row["ci_high"]
+    assert analysis.mean_with_interval(row) == f"0.700 (95 % CI {low:.3f}-{high:.3f}, 3 cases)"
+    assert low < 0.7 < high

@@ -1,5 +1,6 @@
 """The runner's reference handling and notebook discovery."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mstt_lib.runner import CHECK_MARKER, notebook_paths, store_references
+from mstt_lib.params import get_params
+from mstt_lib.provenance import record_headline
+from mstt_lib.runner import CHECK_MARKER, _record_chapter, notebook_paths, store_references, write_build_info
 
 
 def _notebook(cells):
@@ -151,3 +154,58 @@ def test_a_stopped_run_shuts_its_kernel_down_and_leaves_no_temporary_file(projec
     assert list(chapters.iterdir()) == []  # neither the executed copy nor its temporary file
     assert all(not Path(f).exists() for f in files)
     assert not any((tmp_path / "runtime").glob("kernel-*.json"))
+
+
+# ---------------------------------------------------------------------------
+# The intro page's build information: each chapter's headline and runs, kept per chapter.
+
+
+def _trained_run(work_dir, name, param_set="smoke"):
+    folder = work_dir / "runs" / "synthetic-smoke" / name
+    folder.mkdir(parents=True)
+    record = {
+        "model": "unet",
+        "encoder": "resnet18",
+        "weights": "random initialisation",
+        "weights_sha256": None,
+        "steps": 160,
+        "batch_size": 8,
+        "train_minutes": 0.4,
+        "device": "cpu",
+    }
+    (folder / "run.json").write_text(json.dumps(record))
+    (folder / "parameter_set.json").write_text(json.dumps({"set": param_set}))
+    return folder
+
+
+def test_the_intro_lists_each_executed_chapters_headline_and_runs_and_keeps_those_not_rerun(tmp_path):
+    work_dir, out_dir = tmp_path / "work", tmp_path / "book" / "chapters"
+    out_dir.mkdir(parents=True)
+    params = get_params("smoke", work_dir=work_dir)
+
+    def written_at(path, seconds):
+        os.utime(path, (seconds, seconds))
+
+    build = time.time()  # the files' times are set, so that the test does not hang on the clock's grain
+    written_at(_trained_run(work_dir, "unet-fold9-old") / "parameter_set.json", build - 3600)
+    written_at(record_headline(params, "08_real", ["an old number"]), build - 3600)  # an earlier build
+    written_at(_trained_run(work_dir, "unet-fold0-abc") / "parameter_set.json", build + 1)
+    written_at(record_headline(params, "06_eval", ["Table 2, unet: Dice 0.822"]), build + 1)
+    for chapter in ("06_eval", "08_real"):
+        (out_dir / f"{chapter}.ipynb").write_text("{}")
+        _record_chapter(out_dir, chapter, work_dir, build)
+    text = write_build_info(out_dir).read_text()
+    assert "- {doc}`/book/chapters/06_eval` (set `smoke`): Table 2, unet: Dice 0.822" in text
+    assert "an old number" not in text and "fold9-old" not in text  # not written by this build
+    assert "cohort `synthetic-smoke`: U-Net (resnet18): 160 steps of 8, 0.4 min on cpu" in text
+
+    # `--only 08` later: chapter 6's headline and runs stay listed, chapter 8's are replaced
+    written_at(record_headline(params, "08_real", ["5-fold Dice 0.640"]), build + 60)
+    _record_chapter(out_dir, "08_real", work_dir, build + 30)
+    text = write_build_info(out_dir).read_text()
+    assert "Table 2, unet: Dice 0.822" in text and "(set `smoke`): 5-fold Dice 0.640" in text
+    assert text.index("06_eval") < text.index("08_real") and "160 steps" in text
+
+    (out_dir / "06_eval.ipynb").unlink()  # a chapter gone from the book takes its numbers along
+    text = write_build_info(out_dir).read_text()
+    assert "0.822" not in text and "No training run was used" in text
