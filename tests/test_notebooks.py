@@ -30,6 +30,14 @@ def test_first_code_cell_is_the_papermill_parameters_cell(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_cell_has_an_id_as_nbformat_4_5_requires(path):
+    # read as stored: nbformat.read would add a missing id, and only warn
+    cells = json.loads(path.read_text())["cells"]
+    assert [i for i, cell in enumerate(cells) if "id" not in cell] == []
+    assert len({cell["id"] for cell in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_sources_store_outputs_only_for_checked_cells(path):
     notebook = nbformat.read(path, as_version=4)
     checked = 0
