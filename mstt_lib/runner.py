@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import os
 import shutil
 import signal
@@ -145,8 +146,6 @@ def _record_chapter(out_dir: Path, chapter: str, work_dir: Path, since: float) -
     """What one executed chapter used: the run folders it touched (each use rewrites a run's
     ``parameter_set.json``) and the headline it wrote, kept until the chapter runs again, so a
     run of some chapters (``--only``) leaves the others' record as it was."""
-    import json
-
     from mstt_lib.provenance import HEADLINES_DIR
 
     runs = [
@@ -166,8 +165,6 @@ def _record_chapter(out_dir: Path, chapter: str, work_dir: Path, since: float) -
 def write_build_info(out_dir: Path) -> Path:
     """``build_info.md`` for the intro page: the main numbers of the executed chapters and the
     parameter sets and budgets of the runs they used, read from the chapters' records."""
-    import json
-
     from mstt_lib.provenance import SMALL_BUDGET_SETS, runs_by_set, runs_summary
 
     records = {
@@ -195,7 +192,7 @@ def write_build_info(out_dir: Path) -> Path:
             for cohort in sorted({f.parent.name for f in folders}):
                 mine = [f for f in folders if f.parent.name == cohort]
                 lines.append(f"- set `{name}`, cohort `{cohort}`: {runs_summary(mine)}")
-        parts.append("It was built from these training runs:\n\n" + "\n".join(lines))
+        parts.append("This copy was built from these training runs:\n\n" + "\n".join(lines))
         if set(runs_by_set(used)) & set(SMALL_BUDGET_SETS):
             parts.append(
                 "The `smoke` set demonstrates the pipeline at a small CPU budget; its numbers are "
@@ -241,8 +238,6 @@ def _remove_partial_copies(targets: Sequence[Path]) -> None:
 def grid_table(params: Params, models: Sequence[str], folds: Sequence[int]) -> pd.DataFrame:
     """The grid's runs, one row each: folder, epochs, steps, last losses and validation Dice,
     minutes and device, read from the run folders (wherever they were trained)."""
-    import json
-
     from mstt_lib import pipeline
 
     cache = pipeline.slice_cache(params, progress=False)
@@ -284,7 +279,6 @@ def run_grid(
     and its work directory at the same path (a shared filesystem). Prints the table of runs
     and writes it to ``<work_dir>/grid/<set>/runs.csv``.
     """
-
     if engine not in GRID_ENGINES:
         raise ValueError(f"unknown grid engine {engine!r}; choose one of {list(GRID_ENGINES)}")
     root = root or project_root()
