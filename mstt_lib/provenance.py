@@ -117,7 +117,7 @@ def runs_by_set(run_dirs: Iterable[str | os.PathLike]) -> dict[str, list[dict[st
     return sets
 
 
-def record_headline(params: Params, chapter: str, findings: Sequence[str]) -> Path:
+def record_headline(params: Params, chapter: str, findings: Sequence[str]) -> None:
     """A chapter's main numbers, each a short phrase, for the intro page of the book.
 
     Written to ``<work_dir>/headlines/<chapter>.json`` with the set that made them; the runner
@@ -129,6 +129,5 @@ def record_headline(params: Params, chapter: str, findings: Sequence[str]) -> Pa
     folder = Path(params.work_dir) / HEADLINES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     record = {"chapter": chapter, "set": params.set, "findings": list(findings)}
-    with atomic_path(folder / f"{chapter}.json") as tmp:
+    with atomic_path(folder / f"{chapter}.json") as tmp:  # returns nothing: a notebook would show it
         tmp.write_text(json.dumps(record, indent=1))
-    return folder / f"{chapter}.json"

@@ -131,11 +131,23 @@ def run_notebooks(
                     f"[mstt-book] {source.name} failed in cell {error.exec_count}: "
                     f"{error.ename}: {error.evalue}"
                 ) from None
+            _paths_within_project(tmp, root, source, target)
         print(f"[mstt-book] {source.name} done in {time.perf_counter() - started:.0f} s", flush=True)
         _record_chapter(out_dir, source.stem, work_dir, started_wall)
         written.append(target)
     write_build_info(out_dir)
     return written
+
+
+def _paths_within_project(executed: Path, root: Path, source: Path, target: Path) -> None:
+    """Papermill records the absolute input and output paths (the temporary name, even) in the
+    executed copy, which the book publishes: it names this machine's folders. Keep them
+    relative to the project."""
+    notebook = nbformat.read(executed, as_version=4)
+    recorded = notebook.metadata.get("papermill", {})
+    recorded["input_path"] = source.relative_to(root).as_posix()
+    recorded["output_path"] = target.relative_to(root).as_posix()
+    nbformat.write(notebook, executed)
 
 
 BUILD_INFO = "build_info.md"

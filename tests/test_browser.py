@@ -137,6 +137,17 @@ def test_no_table_in_the_book_cuts_its_text_short():
     assert not cut, f"table cells cut short: {cut}"
 
 
+def test_the_published_book_names_no_folder_of_the_machine_that_built_it():
+    """A printed path or papermill's metadata would publish the builder's folders (a home folder
+    names a person); the book and its downloadable notebooks speak of paths within the project."""
+    pages = [p for p in (ROOT / "_build" / "html").rglob("*") if p.suffix in (".html", ".ipynb", ".md")]
+    assert pages, "no built book: `make test` builds it before the tests"
+    naming = [
+        page.relative_to(ROOT).as_posix() for page in pages if str(ROOT) in page.read_text(encoding="utf-8")
+    ]
+    assert not naming, f"pages that name {ROOT}: {naming}"
+
+
 def test_every_table_of_the_chapters_fits_the_page(server, browser):
     from selenium.webdriver.common.by import By
 

@@ -13,7 +13,14 @@ import pytest
 
 from mstt_lib.params import get_params
 from mstt_lib.provenance import record_headline
-from mstt_lib.runner import CHECK_MARKER, _record_chapter, notebook_paths, store_references, write_build_info
+from mstt_lib.runner import (
+    CHECK_MARKER,
+    _record_chapter,
+    notebook_paths,
+    run_notebooks,
+    store_references,
+    write_build_info,
+)
 
 
 def _notebook(cells):
@@ -186,11 +193,15 @@ def test_the_intro_lists_each_executed_chapters_headline_and_runs_and_keeps_thos
     def written_at(path, seconds):
         os.utime(path, (seconds, seconds))
 
+    def headline(chapter, findings):
+        record_headline(params, chapter, findings)
+        return work_dir / "headlines" / f"{chapter}.json"
+
     build = time.time()  # the files' times are set, so that the test does not hang on the clock's grain
     written_at(_trained_run(work_dir, "unet-fold9-old") / "parameter_set.json", build - 3600)
-    written_at(record_headline(params, "08_real", ["an old number"]), build - 3600)  # an earlier build
+    written_at(headline("08_real", ["an old number"]), build - 3600)  # an earlier build
     written_at(_trained_run(work_dir, "unet-fold0-abc") / "parameter_set.json", build + 1)
-    written_at(record_headline(params, "06_eval", ["Table 2, unet: Dice 0.822"]), build + 1)
+    written_at(headline("06_eval", ["Table 2, unet: Dice 0.822"]), build + 1)
     for chapter in ("06_eval", "08_real"):
         (out_dir / f"{chapter}.ipynb").write_text("{}")
         _record_chapter(out_dir, chapter, work_dir, build)
@@ -200,7 +211,7 @@ def test_the_intro_lists_each_executed_chapters_headline_and_runs_and_keeps_thos
     assert "cohort `synthetic-smoke`: U-Net (resnet18): 160 steps of 8, 0.4 min on cpu" in text
 
     # `--only 08` later: chapter 6's headline and runs stay listed, chapter 8's are replaced
-    written_at(record_headline(params, "08_real", ["5-fold Dice 0.640"]), build + 60)
+    written_at(headline("08_real", ["5-fold Dice 0.640"]), build + 60)
     _record_chapter(out_dir, "08_real", work_dir, build + 30)
     text = write_build_info(out_dir).read_text()
     assert "Table 2, unet: Dice 0.822" in text and "(set `smoke`): 5-fold Dice 0.640" in text
@@ -209,3 +220,15 @@ def test_the_intro_lists_each_executed_chapters_headline_and_runs_and_keeps_thos
     (out_dir / "06_eval.ipynb").unlink()  # a chapter gone from the book takes its numbers along
     text = write_build_info(out_dir).read_text()
     assert "0.822" not in text and "No training run was used" in text
+
+
+def test_an_executed_chapter_names_no_folder_of_the_machine_that_ran_it(project):
+    run_notebooks(only=["01"], root=project)
+    executed = project / "book" / "chapters" / "01_a.ipynb"
+    recorded = nbformat.read(executed, as_version=4).metadata["papermill"]
+    assert (recorded["input_path"], recorded["output_path"]) == (
+        "notebooks/01_a.ipynb",
+        "book/chapters/01_a.ipynb",
+    )
+    assert str(project) not in executed.read_text()  # the book publishes this file
+    assert "No training run was used" in (project / "book" / "chapters" / "build_info.md").read_text()
