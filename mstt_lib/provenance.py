@@ -23,6 +23,7 @@ __all__ = [
     "caption",
     "record_parameter_set",
     "runs_by_set",
+    "training_recipe",
     "HEADLINES_DIR",
     "record_headline",
 ]
@@ -115,6 +116,21 @@ def runs_by_set(run_dirs: Iterable[str | os.PathLike]) -> dict[str, list[dict[st
         name = json.loads(path.read_text()).get("set", "unknown") if path.is_file() else "unknown"
         sets.setdefault(name, []).append(run_record(folder))
     return sets
+
+
+def training_recipe(run_dir: str | os.PathLike) -> str | None:
+    """ "the paper's recipe" for a run trained with it under a set whose own recipe differs
+    (chapter 8's comparison), so that a list of runs tells the two apart; else None."""
+    from mstt_lib.params import PAPER_RECIPE, PARAMETER_SETS
+
+    path = Path(run_dir) / "parameter_set.json"
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    own = PARAMETER_SETS.get(recorded.get("set"), {})
+    if all(recorded.get(key) == value for key, value in PAPER_RECIPE.items()) and any(
+        own.get(key, value) != value for key, value in PAPER_RECIPE.items()
+    ):
+        return "the paper's recipe"
+    return None
 
 
 def record_headline(params: Params, chapter: str, findings: Sequence[str]) -> None:

@@ -177,7 +177,7 @@ def _record_chapter(out_dir: Path, chapter: str, work_dir: Path, since: float) -
 def write_build_info(out_dir: Path) -> Path:
     """``build_info.md`` for the intro page: the main numbers of the executed chapters and the
     parameter sets and budgets of the runs they used, read from the chapters' records."""
-    from mstt_lib.provenance import SMALL_BUDGET_SETS, runs_by_set, runs_summary
+    from mstt_lib.provenance import SMALL_BUDGET_SETS, runs_by_set, runs_summary, training_recipe
 
     records = {
         path.stem: json.loads(path.read_text())
@@ -203,7 +203,11 @@ def write_build_info(out_dir: Path) -> Path:
             folders = [f for f in used if f.name in {r["run"] for r in run_records}]
             for cohort in sorted({f.parent.name for f in folders}):
                 mine = [f for f in folders if f.parent.name == cohort]
-                lines.append(f"- set `{name}`, cohort `{cohort}`: {runs_summary(mine)}")
+                recipes = {f: training_recipe(f) for f in mine}
+                for recipe in dict.fromkeys(recipes.values()):
+                    group = [f for f in mine if recipes[f] == recipe]
+                    label = f" with {recipe}" if recipe else ""
+                    lines.append(f"- set `{name}`{label}, cohort `{cohort}`: {runs_summary(group)}")
         parts.append("This copy was built from these training runs:\n\n" + "\n".join(lines))
         if set(runs_by_set(used)) & set(SMALL_BUDGET_SETS):
             parts.append(

@@ -2,8 +2,8 @@
 
 import json
 
-from mstt_lib.params import get_params
-from mstt_lib.provenance import caption, record_parameter_set, runs_by_set, runs_summary
+from mstt_lib.params import PAPER_RECIPE, get_params
+from mstt_lib.provenance import caption, record_parameter_set, runs_by_set, runs_summary, training_recipe
 
 
 def _run(folder, steps, minutes, budget=None, weights=None, precision=None):
@@ -65,3 +65,13 @@ def test_members_of_both_normalisations_are_named_as_both(tmp_path):
     assert runs_summary(runs).startswith("U-Net (resnet18, batch and instance norm): 2 runs")
     assert runs_summary(runs[1:]).startswith("U-Net (resnet18, instance norm): 160 steps")
     assert runs_summary(runs[:1]).startswith("U-Net (resnet18): 160 steps")
+
+
+def test_runs_of_the_papers_recipe_under_another_set_are_told_apart(tmp_path):
+    own, papers, paper_set = (_run(tmp_path / name, 160, 0.2) for name in ("own", "papers", "paper_set"))
+    smoke = get_params("smoke", work_dir=tmp_path)
+    record_parameter_set(own, smoke)
+    record_parameter_set(papers, smoke.replace(**PAPER_RECIPE))  # chapter 8's comparison
+    record_parameter_set(paper_set, get_params("paper"))  # the paper's recipe is that set's own
+    assert [training_recipe(r) for r in (own, papers, paper_set)] == [None, "the paper's recipe", None]
+    assert training_recipe(tmp_path / "no-record") is None
