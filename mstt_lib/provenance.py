@@ -138,12 +138,12 @@ def record_headline(params: Params, chapter: str, findings: Sequence[str]) -> No
 
     Written to ``<work_dir>/headlines/<chapter>.json`` with the set that made them; the runner
     lists the headlines of the chapters it executed beside their runs, so the intro's numbers
-    are the computation's, never fixed text.
+    are the computation's, never fixed text. Returns nothing, which a notebook cell would show.
     """
     from mstt_lib.io import atomic_path
 
     folder = Path(params.work_dir) / HEADLINES_DIR
     folder.mkdir(parents=True, exist_ok=True)
     record = {"chapter": chapter, "set": params.set, "findings": list(findings)}
-    with atomic_path(folder / f"{chapter}.json") as tmp:  # returns nothing: a notebook would show it
+    with atomic_path(folder / f"{chapter}.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1))
