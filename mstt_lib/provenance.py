@@ -26,6 +26,7 @@ __all__ = [
     "training_recipe",
     "HEADLINES_DIR",
     "record_headline",
+    "model_name",
 ]
 
 # Under the work folder: each chapter's main numbers, for the intro page (``record_headline``).
@@ -35,6 +36,11 @@ HEADLINES_DIR = "headlines"
 SMALL_BUDGET_SETS = ("smoke",)
 
 _MODEL_NAMES = {"unet": "U-Net", "litemedsam": "LiteMedSAM"}
+
+
+def model_name(model: str) -> str:
+    """How the book names a model in prose (``"unet"`` reads as U-Net); other names unchanged."""
+    return _MODEL_NAMES.get(model, model)
 
 
 def run_record(run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -71,7 +77,7 @@ def runs_summary(run_dirs: Iterable[str | os.PathLike]) -> str:
         minutes = [r["train_minutes"] for r in mine]
         # the precision too: the same seed gives other numbers in bfloat16 than in float32
         devices = "/".join(sorted({_device(r) for r in mine}))
-        name = _MODEL_NAMES.get(model, model)
+        name = model_name(model)
         if mine[0].get("encoder"):
             norms = sorted({r.get("norm") or "batch" for r in mine})
             norm = [] if norms == ["batch"] else [f"{' and '.join(norms)} norm"]

@@ -3,7 +3,14 @@
 import json
 
 from mstt_lib.params import PAPER_RECIPE, get_params
-from mstt_lib.provenance import caption, record_parameter_set, runs_by_set, runs_summary, training_recipe
+from mstt_lib.provenance import (
+    caption,
+    model_name,
+    record_parameter_set,
+    runs_by_set,
+    runs_summary,
+    training_recipe,
+)
 
 
 def _run(folder, steps, minutes, budget=None, weights=None, precision=None):
@@ -75,3 +82,9 @@ def test_runs_of_the_papers_recipe_under_another_set_are_told_apart(tmp_path):
     record_parameter_set(paper_set, get_params("paper"))  # the paper's recipe is that set's own
     assert [training_recipe(r) for r in (own, papers, paper_set)] == [None, "the paper's recipe", None]
     assert training_recipe(tmp_path / "no-record") is None
+
+
+def test_model_names_read_as_the_paper_writes_them_and_unknown_ones_pass_through():
+    assert model_name("unet") == "U-Net"
+    assert model_name("litemedsam") == "LiteMedSAM"
+    assert model_name("unet3d") == "unet3d"
