@@ -15,9 +15,9 @@ backend), or ``python -m mstt_lib.launch --devices N ...`` starts torchrun itsel
 - only rank 0 writes (params, checkpoints, history, model, run record); every rank reads
   the same checkpoint on resume, and a minutes budget is rank 0's measurement.
 
-Equality with one process holds for the mean-over-samples losses (``bce``); ``dice_bce``'s
-batch Dice is pooled per process, and an epoch whose samples are not a multiple of the
-global batch ends with a batch that the sampler pads with repeated samples. Tolerance
+Equality with one process holds for the mean-over-samples losses (``bce``); the Dice terms
+(``dice_bce``, ``slice_dice_bce``) are computed per process, and an epoch whose samples are
+not a multiple of the global batch ends with a batch that the sampler pads with repeated samples. Tolerance
 (tests/test_cluster.py): one float32 step's gradients within 1e-4 relative; 12 bfloat16 steps'
 losses within 1% and validation Dice within 0.02.
 """

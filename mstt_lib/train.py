@@ -1,7 +1,8 @@
 """Training one model on one fold (paper, section 3 and Appendix A).
 
 Binary cross-entropy on logits (the paper's eq. 1; ``loss="dice_bce"`` adds soft
-Dice), Adam, the Appendix A augmentations, 2.5D samples from the slice cache.
+Dice pooled over the batch, ``"slice_dice_bce"`` soft Dice per tumour slice), Adam, the
+Appendix A augmentations, 2.5D samples from the slice cache.
 
 The paper trains on tumour slices only, at a constant learning rate, and keeps the
 last weights. Beyond it (the ``smoke`` and ``best`` recipes):
@@ -59,6 +60,7 @@ __all__ = [
     "train",
     "training_speed",
     "dice_score",
+    "LOSSES",
     "weights_record",
     "CHECKPOINT_SECONDS",
 ]
@@ -230,15 +232,24 @@ def dice_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float
     return 2.0 * tp, float(prediction.sum().item() + truth.sum().item())
 
 
+LOSSES = ("bce", "dice_bce", "slice_dice_bce")
+
+
 class _Loss(nn.Module):
-    """BCE, or BCE plus soft Dice pooled over the batch (nnU-Net's batch Dice: a
-    tumour-free slice then adds its false positives to the batch instead of a Dice of
-    its own, which would be 0 or 1 whatever the model does)."""
+    """BCE, plus soft Dice pooled over the batch (``dice_bce``: nnU-Net's batch Dice) or
+    averaged over the batch's tumour slices (``slice_dice_bce``).
+
+    Batch Dice weighs each tumour by its voxels, so a slice of a small tumour counts little
+    beside one of a large tumour, and longer training lost the small real tumours. Slice
+    Dice gives every tumour slice the same weight. Tumour-free slices take no Dice term in
+    either: a Dice of their own would be 0 or 1 whatever the model does; batch Dice adds
+    their false positives to the pooled sum, slice Dice leaves them to BCE.
+    """
 
     def __init__(self, kind: str):
         super().__init__()
-        if kind not in ("bce", "dice_bce"):
-            raise ValueError(f"unknown loss {kind!r}; choose 'bce' or 'dice_bce'")
+        if kind not in LOSSES:
+            raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
         self.kind = kind
         self.bce = nn.BCEWithLogitsLoss()
 
@@ -249,6 +260,15 @@ class _Loss(nn.Module):
             intersection = (probability * target).sum()
             total = probability.sum() + target.sum()
             loss = loss + 1 - (2 * intersection + 1) / (total + 1)
+        elif self.kind == "slice_dice_bce":
+            probability = torch.sigmoid(logits).float()
+            target = target.float()
+            pixels = tuple(range(1, target.ndim))
+            tumour = target.sum(pixels) > 0
+            if tumour.any():
+                intersection = (probability * target).sum(pixels)[tumour]
+                total = (probability.sum(pixels) + target.sum(pixels))[tumour]
+                loss = loss + (1 - (2 * intersection + 1) / (total + 1)).mean()
         return loss
 
 

@@ -23,7 +23,7 @@ def test_every_named_set_configures_every_stage_and_the_paper_set_keeps_the_pape
     smoke = pipeline.train_settings(get_params("smoke"), "unet", 0)
     paper_settings = pipeline.train_settings(get_params("paper"), "unet", 0)
     assert (paper_settings.loss, paper_settings.schedule) == ("bce", "constant")
-    assert (smoke.loss, smoke.schedule) == ("dice_bce", "poly")
+    assert (smoke.loss, smoke.schedule) == ("slice_dice_bce", "poly")
     paper = get_params("paper")
     assert (paper.loss, paper.lr, paper.epochs, paper.batch_size) == ("bce", 1e-4, 5, 16)
     assert paper.foreground_fraction is None and paper.schedule == "constant"

@@ -10,7 +10,7 @@ import torch
 from mstt_lib.devices import resolve_device
 from mstt_lib.io import save_nifti
 from mstt_lib.slices import SliceCache, build_cache
-from mstt_lib.train import TrainSettings, augmentations, sample_rows, train
+from mstt_lib.train import TrainSettings, _Loss, augmentations, sample_rows, train
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +280,37 @@ def test_a_run_with_a_shallower_decoder_is_rebuilt_as_trained_when_loaded(cache,
     assert [block.conv2[0].out_channels for block in model.decoder.blocks] == [32, 16, 8, 8]
     trained = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert all(torch.equal(value, trained[key]) for key, value in model.state_dict().items())
+
+
+def _two_tumour_slices() -> tuple[torch.Tensor, torch.Tensor]:
+    """A large tumour found exactly and a small one missed entirely (logits +-20)."""
+    target = torch.zeros(2, 1, 32, 32)
+    target[0, 0, 4:28, 4:28] = 1  # 576 pixels
+    target[1, 0, 10:12, 10:12] = 1  # 4 pixels
+    logits = torch.full_like(target, -20.0)
+    logits[0, 0, 4:28, 4:28] = 20.0
+    return logits, target
+
+
+def test_slice_dice_counts_a_missed_small_tumour_as_much_as_a_found_large_one():
+    logits, target = _two_tumour_slices()
+    bce = _Loss("bce")(logits, target).item()
+    batch_dice = _Loss("dice_bce")(logits, target).item() - bce
+    slice_dice = _Loss("slice_dice_bce")(logits, target).item() - bce
+    assert batch_dice == pytest.approx(1 - (2 * 576 + 1) / (576 + 580 + 1), abs=1e-4)  # about 0.003
+    assert slice_dice == pytest.approx((0 + (1 - 1 / 5)) / 2, abs=1e-4)  # the missed slice's 0.8, halved
+
+
+def test_slice_dice_leaves_tumour_free_slices_to_bce():
+    logits, target = _two_tumour_slices()
+    empty = torch.zeros_like(target)
+    assert _Loss("slice_dice_bce")(logits, empty).item() == pytest.approx(_Loss("bce")(logits, empty).item())
+    with_empty = _Loss("slice_dice_bce")(torch.cat([logits, logits[:1]]), torch.cat([target, empty[:1]]))
+    bce = _Loss("bce")(torch.cat([logits, logits[:1]]), torch.cat([target, empty[:1]]))
+    # still the mean over the two tumour slices
+    assert (with_empty - bce).item() == pytest.approx(0.4, abs=1e-4)
+
+
+def test_an_unknown_loss_names_the_choices():
+    with pytest.raises(ValueError, match="slice_dice_bce"):
+        _Loss("dice")
