@@ -232,7 +232,12 @@ def dice_score(logits: torch.Tensor, target: torch.Tensor) -> tuple[float, float
     return 2.0 * tp, float(prediction.sum().item() + truth.sum().item())
 
 
-LOSSES = ("bce", "dice_bce", "slice_dice_bce")
+# Each loss and how the book names it.
+LOSSES = {
+    "bce": "binary cross-entropy",
+    "dice_bce": "batch Dice + BCE",
+    "slice_dice_bce": "Dice per tumour slice + BCE",
+}
 
 
 class _Loss(nn.Module):
@@ -261,8 +266,7 @@ class _Loss(nn.Module):
             total = probability.sum() + target.sum()
             loss = loss + 1 - (2 * intersection + 1) / (total + 1)
         elif self.kind == "slice_dice_bce":
-            probability = torch.sigmoid(logits).float()
-            target = target.float()
+            probability = torch.sigmoid(logits)
             pixels = tuple(range(1, target.ndim))
             tumour = target.sum(pixels) > 0
             if tumour.any():
