@@ -232,3 +232,26 @@ def test_an_executed_chapter_names_no_folder_of_the_machine_that_ran_it(project)
     )
     assert str(project) not in executed.read_text()  # the book publishes this file
     assert "No training run was used" in (project / "book" / "chapters" / "build_info.md").read_text()
+
+
+def test_every_mstt_book_run_in_the_readme_passes_only_parameters_its_chapters_declare():
+    """The README's commands are what users copy: a ``-p`` the chapters do not declare is refused."""
+    import re
+    import shlex
+
+    from mstt_lib.runner import check_parameters
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text().replace("\\\n", " ")
+    commands = re.findall(r"mstt-book run\b[^\n`#]*", text)
+    assert len(commands) >= 5  # the README's examples were found
+    for command in commands:
+        words = shlex.split(command)
+        names = {words[i + 1]: "x" for i, word in enumerate(words) if word == "-p"}
+        only = []
+        if "--only" in words:
+            for word in words[words.index("--only") + 1 :]:
+                if word.startswith("-"):
+                    break
+                only.append(word)
+        check_parameters(names, notebook_paths(root, only))
