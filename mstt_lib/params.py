@@ -3,7 +3,9 @@
 ``Params`` holds one set's values: frozen and typed, one field per setting, its defaults the
 MSTT-199 paper's. The named sets are tables of changes to those defaults. ``smoke`` is the
 default: the best recipe a 2-core CPU trains in its share of the book's few minutes (the models
-learn, at a small budget). ``paper`` carries the paper's settings and is meant for a GPU;
+learn, at a small budget). ``cpu`` is the same recipe at the budget that gave the best
+cross-validation a 2-core CPU reached in 30 minutes of training: each model the mean of four
+short runs. ``paper`` carries the paper's settings and is meant for a GPU;
 ``best`` is the recipe beyond the paper (foreground oversampling, Dice + BCE, a decaying learning
 rate, the best checkpoint, post-processing chosen by cross-validation, the folds' ensemble) at
 the paper's full size, also for a GPU. Notebooks take a set's name as a papermill parameter and
@@ -175,50 +177,65 @@ _RECIPE: dict[str, Any] = {
 # The paper's training recipe, to compare with another set's at that set's budget and grid.
 PAPER_RECIPE: dict[str, Any] = {key: getattr(Params, key) for key in (*_RECIPE, "keep")}
 
+# The default: what a 2-core CPU trains in its share of the book's minutes. The models
+# learn, at a small budget (the book says so beside every number).
+_SMOKE: dict[str, Any] = {
+    **_RECIPE,
+    "cases_per_tissue": 5,
+    # All five folds: every case is scored once, five per tissue, so that chapters 6 and 7
+    # have a mean per tissue and failures to classify (fold 0 alone scored one case per
+    # tissue). About 2 minutes more of the book's build than fold 0 alone.
+    "folds": (0, 1, 2, 3, 4),
+    # LiteMedSAM needs about 2 s per 2.5D sample on 2 CPU cores: it cannot learn in the
+    # smoke set's minutes, so the set trains and scores the U-Net only (chapter 4 still
+    # builds LiteMedSAM and measures its speed); the paper and best sets train both.
+    "models": ("unet",),
+    # A 2 mm grid and 64-pixel training crops (128 mm): 8 times fewer voxels than the
+    # paper's 1 mm, and 2.3 times fewer pixels per sample than 96-pixel crops, which
+    # learned less in the same minutes (benchmarks/results.md). Inference runs on whole
+    # slices whatever their size.
+    "spacing_mm": 2.0,
+    "image_size": 64,
+    "min_tumour_voxels": 25,  # the paper's 100 mm2 at 2 x 2 mm pixels
+    "encoder": "resnet18",
+    # Four encoder stages and a quarter of smp's decoder width: at 64-pixel crops the last
+    # stage (512 channels at 2 x 2) and the wide decoder took most of a step. 2.4 times
+    # faster per step in float32 on 2 cores (bench_decoder.py), and on the 29 real cases a
+    # 5-fold CV Dice of 0.566 against 0.583 for smp's default (bench_cv_variants.py, one run
+    # each, within the +-0.06 per fold of a single run). A 2-core CPU without native
+    # bfloat16 trains in float32: a real-data fold took 1.85 min there with smp's decoder,
+    # against 0.5-0.6 min on one with it, and 0.8-0.9 min with this one.
+    "decoder_channels": (64, 32, 16, 8),
+    "unet_weights": None,  # nothing can be downloaded in CI; "imagenet" where a network is
+    "batch_size": 8,
+    # x 256 samples / 8 = 256 optimizer steps, about 35 s per fold on 2 cores in float32. Over
+    # the five folds (one run each, 2026-12-05): Dice 0.815 at 256 steps, 0.796 at 384.
+    "epochs": 8,
+    "samples_per_epoch": 256,
+    "val_samples": 64,
+    # Plane fusion, without flips and rot90: on chapter 8's five real-data fold models TTA
+    # changed the mean Dice by 0.001 and cost 3.5 times the inference (bench_tta.py), time
+    # that the folds' training needs more. The paper and best sets keep the paper's TTA.
+    "tta": "none",
+    "planes": ("axial", "coronal", "sagittal"),
+    "eval_cases": None,
+}
+
 # Each named set: its changes to ``Params``' defaults (the paper's settings).
 PARAMETER_SETS: dict[str, dict[str, Any]] = {
-    # The default: what a 2-core CPU trains in its share of the book's minutes. The models
-    # learn, at a small budget (the book says so beside every number).
-    "smoke": {
-        **_RECIPE,
-        "cases_per_tissue": 5,
-        # All five folds: every case is scored once, five per tissue, so that chapters 6 and 7
-        # have a mean per tissue and failures to classify (fold 0 alone scored one case per
-        # tissue). About 2 minutes more of the book's build than fold 0 alone.
-        "folds": (0, 1, 2, 3, 4),
-        # LiteMedSAM needs about 2 s per 2.5D sample on 2 CPU cores: it cannot learn in the
-        # smoke set's minutes, so the set trains and scores the U-Net only (chapter 4 still
-        # builds LiteMedSAM and measures its speed); the paper and best sets train both.
-        "models": ("unet",),
-        # A 2 mm grid and 64-pixel training crops (128 mm): 8 times fewer voxels than the
-        # paper's 1 mm, and 2.3 times fewer pixels per sample than 96-pixel crops, which
-        # learned less in the same minutes (benchmarks/results.md). Inference runs on whole
-        # slices whatever their size.
-        "spacing_mm": 2.0,
-        "image_size": 64,
-        "min_tumour_voxels": 25,  # the paper's 100 mm2 at 2 x 2 mm pixels
-        "encoder": "resnet18",
-        # Four encoder stages and a quarter of smp's decoder width: at 64-pixel crops the last
-        # stage (512 channels at 2 x 2) and the wide decoder took most of a step. 2.4 times
-        # faster per step in float32 on 2 cores (bench_decoder.py), and on the 29 real cases a
-        # 5-fold CV Dice of 0.566 against 0.583 for smp's default (bench_cv_variants.py, one run
-        # each, within the +-0.06 per fold of a single run). A 2-core CPU without native
-        # bfloat16 trains in float32: a real-data fold took 1.85 min there with smp's decoder,
-        # against 0.5-0.6 min on one with it, and 0.8-0.9 min with this one.
-        "decoder_channels": (64, 32, 16, 8),
-        "unet_weights": None,  # nothing can be downloaded in CI; "imagenet" where a network is
-        "batch_size": 8,
-        # x 256 samples / 8 = 256 optimizer steps, about 35 s per fold on 2 cores in float32. Over
-        # the five folds (one run each, 2026-12-05): Dice 0.815 at 256 steps, 0.796 at 384.
-        "epochs": 8,
-        "samples_per_epoch": 256,
-        "val_samples": 64,
-        # Plane fusion, without flips and rot90: on chapter 8's five real-data fold models TTA
-        # changed the mean Dice by 0.001 and cost 3.5 times the inference (bench_tta.py), time
-        # that the folds' training needs more. The paper and best sets keep the paper's TTA.
-        "tta": "none",
-        "planes": ("axial", "coronal", "sagittal"),
-        "eval_cases": None,
+    "smoke": _SMOKE,
+    # The best cross-validation a 2-core CPU gave within 30 minutes of training per recipe: the
+    # smoke recipe, grid and crops, each model the mean of four runs of 1.5 minutes (BatchNorm and
+    # InstanceNorm alternating, ``members``) and the paper's TTA. On the 29 real cases, four seeds:
+    # 5-fold CV Dice 0.700-0.712 post-processed, against 0.683-0.704 for one run of 3 minutes per
+    # fold (15 CPU-minutes) and 0.705-0.709 for four of 3 minutes (60; benchmarks/results.md,
+    # 2026-12-06, one torch thread per run).
+    "cpu": {
+        **_SMOKE,
+        "members": 4,
+        "train_minutes": 1.5,
+        "final_minutes": 1.5,
+        "tta": "paper",
     },
     # The paper's settings, for a GPU machine.
     "paper": {},
@@ -235,29 +252,33 @@ PARAMETER_SETS: dict[str, dict[str, Any]] = {
 # The real-data chapter (notebook 08): the IBSI export of the TCIA Soft-tissue-Sarcoma
 # collection, T1 only (3 input channels), no tissue labels, 5-fold cross-validation
 # over its 29 patients. Applied on top of the set of the same name.
+_REAL_SMOKE: dict[str, Any] = {
+    "cohort": "../shared/data/sts-ibsi-t1",
+    "modalities": ("T1",),
+    "folds": (0, 1, 2, 3, 4),
+    "cases_per_tissue": None,
+    # A 3 mm grid: a 64-pixel crop then spans 192 mm, most of a thigh's cross-section, at the
+    # 2 mm grid's cost per step, and inference has 2.25 times fewer voxels. 5-fold CV Dice
+    # at 256 steps (bench_cv_variants.py, TTA none x 3 planes, float32, 2026-12-04): 0.636,
+    # 0.626 and 0.623 for three seeds, against 0.568, 0.522 and 0.573 at 2 mm and 0.574 at
+    # 2.5 mm. (Earlier runs found 3 mm worse: inference then skipped the padding that
+    # training's crops had, mstt_lib.infer.)
+    "spacing_mm": 3.0,
+    "min_tumour_voxels": 11,  # the paper's 100 mm2 at 3 x 3 mm pixels
+    # x 256 samples / 8 = 160 optimizer steps per fold: at 3 mm, three seeds gave a mean CV
+    # Dice of 0.628 at 256 steps, 0.627 at 192, 0.627 at 160 (0.643, 0.611, 0.626) and
+    # 0.606 at 128.
+    "epochs": 5,
+    "samples_per_epoch": 256,
+    # the model on all 29 cases: its epochs follow from this budget (about 160 steps on 2
+    # cores in float32, as many as a fold's)
+    "final_minutes": 0.5,
+}
+
 REAL_DATA: dict[str, dict[str, Any]] = {
-    "smoke": {
-        "cohort": "../shared/data/sts-ibsi-t1",
-        "modalities": ("T1",),
-        "folds": (0, 1, 2, 3, 4),
-        "cases_per_tissue": None,
-        # A 3 mm grid: a 64-pixel crop then spans 192 mm, most of a thigh's cross-section, at the
-        # 2 mm grid's cost per step, and inference has 2.25 times fewer voxels. 5-fold CV Dice
-        # at 256 steps (bench_cv_variants.py, TTA none x 3 planes, float32, 2026-12-04): 0.636,
-        # 0.626 and 0.623 for three seeds, against 0.568, 0.522 and 0.573 at 2 mm and 0.574 at
-        # 2.5 mm. (Earlier runs found 3 mm worse: inference then skipped the padding that
-        # training's crops had, mstt_lib.infer.)
-        "spacing_mm": 3.0,
-        "min_tumour_voxels": 11,  # the paper's 100 mm2 at 3 x 3 mm pixels
-        # x 256 samples / 8 = 160 optimizer steps per fold: at 3 mm, three seeds gave a mean CV
-        # Dice of 0.628 at 256 steps, 0.627 at 192, 0.627 at 160 (0.643, 0.611, 0.626) and
-        # 0.606 at 128.
-        "epochs": 5,
-        "samples_per_epoch": 256,
-        # the model on all 29 cases: its epochs follow from this budget (about 160 steps on 2
-        # cores in float32, as many as a fold's)
-        "final_minutes": 0.5,
-    },
+    "smoke": _REAL_SMOKE,
+    # the final model as long as each fold's runs (smoke's 0.5 minutes would undo the set's own)
+    "cpu": {**_REAL_SMOKE, "final_minutes": PARAMETER_SETS["cpu"]["final_minutes"]},
     "paper": {
         "cohort": "../shared/data/sts-ibsi-t1",
         "modalities": ("T1",),

@@ -8,7 +8,7 @@ from mstt_lib.params import PARAMETER_SETS, get_params
 def test_every_named_set_configures_every_stage_and_the_paper_set_keeps_the_papers_recipe():
     from mstt_lib import pipeline
 
-    assert {"smoke", "paper", "best"} <= set(PARAMETER_SETS)
+    assert {"smoke", "cpu", "paper", "best"} <= set(PARAMETER_SETS)
     for name in PARAMETER_SETS:  # each stage's settings build from the set alone
         params = get_params(name)
         assert pipeline.registration_settings(params).transform == params.registration, name
@@ -36,6 +36,18 @@ def test_every_set_has_real_data_settings_that_layer_over_it():
     assert set(REAL_DATA) == set(PARAMETER_SETS)
     for name in PARAMETER_SETS:
         assert real_data_params(name).modalities == ("T1",)
+
+
+def test_the_cpu_set_is_the_smoke_recipe_and_grid_at_the_readmes_best_cv_budget():
+    from mstt_lib.params import Params, real_data_params
+
+    for resolve in (get_params, real_data_params):
+        cpu, smoke = resolve("cpu"), resolve("smoke")
+        changed = {key for key in Params.names() if getattr(cpu, key) != getattr(smoke, key)}
+        assert changed == {"members", "train_minutes", "final_minutes", "tta"}, resolve.__name__
+        assert (cpu.members, cpu.train_minutes, cpu.tta, cpu.set) == (4, 1.5, "paper", "cpu")
+    # the final model's runs as long as each fold's: smoke's real-data 0.5 minutes would apply
+    assert real_data_params("cpu").final_minutes == 1.5 and real_data_params("smoke").final_minutes == 0.5
 
 
 def test_unknown_set_lists_the_valid_ones():
