@@ -239,6 +239,7 @@ def test_every_mstt_book_run_in_the_readme_passes_only_parameters_its_chapters_d
     import re
     import shlex
 
+    from mstt_lib.params import PARAMETER_SETS
     from mstt_lib.runner import check_parameters
 
     root = Path(__file__).resolve().parents[1]
@@ -248,6 +249,8 @@ def test_every_mstt_book_run_in_the_readme_passes_only_parameters_its_chapters_d
     for command in commands:
         words = shlex.split(command)
         names = {words[i + 1]: "x" for i, word in enumerate(words) if word == "-p"}
+        if "--params" in words:  # a set that does not exist is refused too
+            assert words[words.index("--params") + 1] in PARAMETER_SETS, command
         only = []
         if "--only" in words:
             for word in words[words.index("--only") + 1 :]:
