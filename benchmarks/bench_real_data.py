@@ -71,7 +71,8 @@ def budget(params: Params) -> str:
     samples = params.samples_per_epoch or "all"
     members = ""
     if params.members > 1:
-        members = f", each model the mean of {params.members} runs (BatchNorm and InstanceNorm)"
+        norms = "BatchNorm and InstanceNorm" if params.norm == "both" else f"{params.norm} norm"
+        members = f", each model the mean of {params.members} runs ({norms})"
     return (
         f"{'/'.join(params.models)}, {len(params.folds)} folds x {params.epochs} epochs x "
         f"{samples} samples (batch {params.batch_size}, lr {params.lr:g}, {params.schedule} rate, "

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mstt_lib.params import PARAMETER_SETS, get_params
+from mstt_lib.params import PARAMETER_SETS, get_params, real_data_params
 
 
 def test_every_named_set_configures_every_stage_and_the_paper_set_keeps_the_papers_recipe():
@@ -182,8 +182,28 @@ def test_members_must_be_a_whole_number_of_runs_and_leave_the_cohort_seed_alone(
     four = member_params(get_params("smoke", members=4, seed=7))
     assert [(m.norm, m.train_seed, m.seed, m.members) for m in four] == [
         ("batch", 7, 7, 1),
+        ("batch", 8, 7, 1),
+        ("batch", 9, 7, 1),
+        ("batch", 10, 7, 1),
+    ]
+    both = member_params(get_params("smoke", members=4, seed=7, norm="both"))
+    assert [(m.norm, m.train_seed, m.seed, m.members) for m in both] == [
+        ("batch", 7, 7, 1),
         ("instance", 7, 7, 1),
         ("batch", 8, 7, 1),
         ("instance", 8, 7, 1),
     ]
     assert member_params(get_params("smoke")) == [get_params("smoke")]
+
+
+def test_the_real_data_members_alternate_normalisations_and_the_synthetic_ones_keep_batchnorm():
+    from mstt_lib.pipeline import member_params, train_settings
+
+    assert [m.norm for m in member_params(real_data_params("cpu"))] == ["batch", "instance"] * 2
+    assert {m.norm for m in member_params(get_params("cpu"))} == {"batch"}
+    # one run of "both" is its first member: the same training settings, so the same run folder
+    one = real_data_params("smoke")
+    assert one.norm == "both"
+    assert train_settings(one, "unet", 0) == train_settings(one.replace(norm="batch"), "unet", 0)
+    with pytest.raises(ValueError, match="norm should be one of batch, instance, both, got 'group'"):
+        get_params("smoke", norm="group")
