@@ -592,7 +592,6 @@ def generate_cohort(
     settings: PhantomSettings | None = None,
     workers: int = 2,
     progress: bool = True,
-    replace_stale: bool = False,
     engine: str | None = None,
 ) -> Path:
     """Write the synthetic cohort in the project layout and return ``cohort.csv``'s path.
@@ -601,8 +600,7 @@ def generate_cohort(
     table), ``phantom_truth.csv`` (the recorded T1 misalignment and true tumour
     volume per case) and ``phantom_settings.json``. An interrupted run resumes:
     finished cases are kept. A folder made with other settings (or an older
-    generator) is refused, or emptied and remade when ``replace_stale`` is set. ``engine``: where
-    the cases are made (``mstt_lib.engines``).
+    generator) is refused. ``engine``: where the cases are made (``mstt_lib.engines``).
     """
     settings = settings or PhantomSettings()
     out_dir = Path(out_dir)
@@ -610,9 +608,6 @@ def generate_cohort(
     settings_file = out_dir / SETTINGS_FILE
     if settings_file.is_file():
         existing = json.loads(settings_file.read_text())
-        if existing != asdict(settings) and replace_stale:
-            shutil.rmtree(out_dir)
-            return generate_cohort(out_dir, settings, workers, progress, engine=engine)
         if existing != asdict(settings):
             raise ValueError(
                 f"{out_dir} holds a synthetic cohort made with other settings "

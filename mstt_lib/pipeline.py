@@ -2,7 +2,7 @@
 
 A ``Params`` (``mstt_lib.params``) names everything; this module turns it into each stage's
 settings and folder and runs the stages in order, each only when its files are missing, so any
-notebook can be rerun on its own. Stages hand over files: the cohort (``data/synthetic-<set>``
+notebook can be rerun on its own. Stages hand over files: the cohort (``data/synthetic-v<n>``
 or the user's folder), the registered cohort (``<work_dir>/registration/<cohort>-<transform>``),
 the slice cache (``<work_dir>/cache/<hash>``), the training runs
 (``<work_dir>/runs/<cohort>/<model>-fold<k>-<hash>``, ``<model>-all-<hash>`` for the run on every
@@ -14,6 +14,7 @@ grid`` and ``mstt_lib.launch`` call it; the stages themselves know no parameter 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ __all__ = [
     "final_run",
     "cohort_statistics",
     "cohort_dir",
+    "phantom_settings",
     "open_cohort",
     "select_cases",
     "selected_cases",
@@ -58,10 +60,27 @@ __all__ = [
 _CHECKED: dict[tuple, tuple[pd.DataFrame, list[CaseProblem]]] = {}
 
 
+def phantom_settings(params: Params) -> PhantomSettings:
+    """What shapes the set's synthetic cohort."""
+    return PhantomSettings(
+        n_cases=params.n_cases, seed=params.seed, matrix=params.phantom_matrix, n_slices=params.phantom_slices
+    )
+
+
 def cohort_dir(params: Params) -> Path:
-    """Where the set's cohort lives: ``<data_dir>/synthetic-<set>`` or the given folder."""
+    """Where the set's cohort lives: ``<data_dir>/synthetic-v<generator version>`` or the given folder.
+
+    The synthetic folder is named by what made it, not by the set: the sets share the default
+    cohort (and its registration and slice cache), and other phantom settings (a ``-<hash>``
+    suffix) or a new generator get their own folder, so a cohort is never remade in place
+    under registrations of the old one.
+    """
     if params.cohort == "synthetic":
-        return params.data_dir / f"synthetic-{params.set}"
+        settings = phantom_settings(params)
+        name = f"synthetic-v{settings.version}"
+        if settings != PhantomSettings():
+            name += f"-{short_digest(dataclasses.asdict(settings), 8)}"
+        return params.data_dir / name
     return Path(params.cohort).expanduser().resolve()
 
 
@@ -73,14 +92,7 @@ def open_cohort(params: Params, progress: bool = True) -> tuple[pd.DataFrame, li
     """
     root = cohort_dir(params)
     if params.cohort == "synthetic":
-        settings = PhantomSettings(
-            n_cases=params.n_cases,
-            seed=params.seed,
-            matrix=params.phantom_matrix,
-            n_slices=params.phantom_slices,
-        )
-        # The default folder is the library's own cache: remade when the settings change.
-        generate_cohort(root, settings, progress=progress, replace_stale=True)
+        generate_cohort(root, phantom_settings(params), progress=progress)
     # Checking every file of 199 cases takes seconds; a notebook asks several times. The table
     # file's time (the cohort folder's for the IBSI layout: cases added or removed) tells a
     # changed cohort within a kernel; across kernels, the record of cohorts that passed, by

@@ -3,7 +3,7 @@
     from mstt_lib.predictor import Predictor
 
     predictor = Predictor(tta="paper", device="auto")
-    predictor.initialize_from_trained_model_folder("work/runs/synthetic-smoke")  # its fold ensemble
+    predictor.initialize_from_trained_model_folder("work/runs/synthetic-v2")  # its fold ensemble
     probability, mask = predictor.predict_array(image, affine)      # (C, X, Y, Z) on one grid
     predictor.predict_files("out/", t1="new_t1.nii.gz", t2="new_t2.nii.gz", case_id="new")
     table = predictor.predict_folder("new_cases/", "out/")         # what ``mstt-predict`` runs

@@ -38,14 +38,18 @@ def test_every_set_has_real_data_settings_that_layer_over_it():
         assert real_data_params(name).modalities == ("T1",)
 
 
-def test_the_cpu_set_is_the_smoke_recipe_and_grid_at_the_readmes_best_cv_budget():
+def test_the_cpu_set_is_the_smoke_recipe_and_grid_with_thirty_minutes_per_cohort():
     from mstt_lib.params import Params, real_data_params
 
     for resolve in (get_params, real_data_params):
         cpu, smoke = resolve("cpu"), resolve("smoke")
         changed = {key for key in Params.names() if getattr(cpu, key) != getattr(smoke, key)}
-        assert changed == {"members", "train_minutes", "final_minutes", "tta"}, resolve.__name__
-        assert (cpu.members, cpu.train_minutes, cpu.tta, cpu.set) == (4, 1.5, "paper", "cpu")
+        assert changed <= {"members", "train_minutes", "final_minutes", "tta"}, resolve.__name__
+        assert (cpu.tta, cpu.set) == ("paper", "cpu")
+        assert cpu.members * cpu.train_minutes * len(cpu.folds) == 30.0, resolve.__name__
+    # the synthetic cohort: one long run per fold; the real data: four short ones
+    assert (get_params("cpu").members, get_params("cpu").train_minutes) == (1, 6.0)
+    assert (real_data_params("cpu").members, real_data_params("cpu").train_minutes) == (4, 1.5)
     # the final model's runs as long as each fold's: smoke's real-data 0.5 minutes would apply
     assert real_data_params("cpu").final_minutes == 1.5 and real_data_params("smoke").final_minutes == 0.5
 
@@ -200,7 +204,8 @@ def test_the_real_data_members_alternate_normalisations_and_the_synthetic_ones_k
     from mstt_lib.pipeline import member_params, train_settings
 
     assert [m.norm for m in member_params(real_data_params("cpu"))] == ["batch", "instance"] * 2
-    assert {m.norm for m in member_params(get_params("cpu"))} == {"batch"}
+    assert {m.norm for m in member_params(get_params("cpu", members=4))} == {"batch"}
+    assert member_params(get_params("cpu")) == [get_params("cpu")]
     # one run of "both" is its first member: the same training settings, so the same run folder
     one = real_data_params("smoke")
     assert one.norm == "both"

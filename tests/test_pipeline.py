@@ -129,3 +129,21 @@ def _digest_without(params, cache, *keys):
         settings.pop(key)
     settings["cache"] = Path(cache.folder).name
     return short_digest(settings)
+
+
+def test_the_sets_share_the_default_synthetic_cohort_and_other_phantoms_get_their_own_folder(tmp_path):
+    from mstt_lib.params import PARAMETER_SETS
+    from mstt_lib.phantom import PhantomSettings
+    from mstt_lib.pipeline import cohort_dir, phantom_settings
+
+    folders = {cohort_dir(get_params(name, data_dir=tmp_path)) for name in PARAMETER_SETS}
+    assert folders == {tmp_path / f"synthetic-v{PhantomSettings().version}"}
+    # other phantoms never land in (and remake) the default folder, whose registrations would go stale
+    matrix = cohort_dir(get_params("smoke", data_dir=tmp_path, phantom_matrix=96))
+    seed = cohort_dir(get_params("smoke", data_dir=tmp_path, seed=1))
+    assert len({*folders, matrix, seed}) == 3
+    assert matrix.name.startswith("synthetic-v") and matrix.parent == tmp_path
+    assert phantom_settings(get_params("cpu", n_cases=10)).n_cases == 10
+    assert cohort_dir(get_params("cpu", data_dir=tmp_path, n_cases=10)) == cohort_dir(
+        get_params("smoke", data_dir=tmp_path, n_cases=10)
+    )

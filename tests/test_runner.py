@@ -168,7 +168,7 @@ def test_a_stopped_run_shuts_its_kernel_down_and_leaves_no_temporary_file(projec
 
 
 def _trained_run(work_dir, name, param_set="smoke"):
-    folder = work_dir / "runs" / "synthetic-smoke" / name
+    folder = work_dir / "runs" / "synthetic-v2" / name
     folder.mkdir(parents=True)
     record = {
         "model": "unet",
@@ -208,7 +208,7 @@ def test_the_intro_lists_each_executed_chapters_headline_and_runs_and_keeps_thos
     text = write_build_info(out_dir).read_text()
     assert "- {doc}`/book/chapters/06_eval` (set `smoke`): Table 2, unet: Dice 0.822" in text
     assert "an old number" not in text and "fold9-old" not in text  # not written by this build
-    assert "- set `smoke`, cohort `synthetic-smoke`: U-Net (resnet18): 160 steps of 8, 0.4 min on cpu" in text
+    assert "- set `smoke`, cohort `synthetic-v2`: U-Net (resnet18): 160 steps of 8, 0.4 min on cpu" in text
 
     # `--only 08` later: chapter 6's headline and runs stay listed, chapter 8's are replaced
     written_at(headline("08_real", ["5-fold Dice 0.640"]), build + 60)
