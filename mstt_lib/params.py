@@ -232,9 +232,10 @@ PARAMETER_SETS: dict[str, dict[str, Any]] = {
     "smoke": _SMOKE,
     # 30 minutes of training on a 2-core CPU, spent as measured best on each cohort: the smoke
     # recipe, grid and crops with the paper's TTA. On the synthetic cohort one run of 6 minutes
-    # per fold: chapter 6's Table 2 0.893, against 0.868 for four runs of 1.5 minutes and
-    # smoke's 0.828 (benchmarks/results.md, 2026-12-07). The real-data layer (REAL_DATA below)
-    # spends the same minutes as four shorter runs per fold.
+    # per fold: chapter 6's Table 2 0.893, against 0.868 for four runs of 1.5 minutes (per case
+    # p = 0.0004) and smoke's 0.828; the book built with it, 0.898 (benchmarks/results.md,
+    # 2026-12-07). The real-data layer (REAL_DATA below) spends the same minutes as four shorter
+    # runs per fold.
     "cpu": {
         **_SMOKE,
         "train_minutes": 6.0,
