@@ -21,6 +21,7 @@ __all__ = [
     "mean_with_interval",
     "site_tissue_table",
     "trend",
+    "trend_table",
     "paired_comparison",
 ]
 
@@ -212,6 +213,19 @@ def trend(x, y) -> dict[str, float]:
     total = ((y - y.mean()) ** 2).sum()
     r2 = 1 - (residual**2).sum() / total if total > 0 else float("nan")
     return {"slope": float(slope), "intercept": float(intercept), "r2": float(r2), "n": int(x.size)}
+
+
+def trend_table(frame: pd.DataFrame, x: str, y: str = "dice", log_x: bool = False) -> pd.DataFrame:
+    """``trend`` of ``y`` against ``x`` per tissue (over log10 ``x`` with ``log_x``, as Fig. 8
+    fits volume): the slopes and R^2 a reader would otherwise read off the figure's lines,
+    and what tells whether Dice rises or falls with ``x`` in this build."""
+    rows = {}
+    for tissue, group in frame.groupby("tissue", sort=False):
+        values = np.log10(group[x].where(group[x] > 0)) if log_x else group[x]
+        rows[tissue] = trend(values, group[y])
+    table = pd.DataFrame.from_dict(rows, orient="index")[["n", "slope", "r2"]]
+    table["direction"] = np.select([table["slope"] > 0, table["slope"] < 0], ["rises", "falls"], "no line")
+    return table.rename_axis("tissue")
 
 
 def paired_comparison(results: pd.DataFrame, a: str, b: str, metric: str = "dice") -> dict[str, float]:

@@ -73,13 +73,16 @@ def write_case_pages(
     out_dir: str | Path,
     chapter: str = "the failure analysis",
     progress: bool = True,
+    source: str = "",
 ) -> list[Path]:
     """One page per case of ``results`` (rows per model and case: metrics, ``fold``,
     ``prediction`` file) into ``out_dir``, replacing the pages of an earlier run.
 
     ``cases`` gives the images (``t1``, ``t2`` on the mask's grid after registration),
-    ``native_mask`` and the clinical columns. The folder is written beside and swapped
-    in at the end, so an interrupted run leaves the previous pages whole.
+    ``native_mask`` and the clinical columns. ``source`` (the chapter's provenance caption:
+    set, budget, weights) ends each page, so a page read on its own still says where its
+    numbers came from. The folder is written beside and swapped in at the end, so an
+    interrupted run leaves the previous pages whole.
     """
     out_dir = Path(out_dir)
     staging = out_dir.with_name(out_dir.name + ".partial")
@@ -112,6 +115,8 @@ def write_case_pages(
             _output_cell("metrics per model", _metrics_table(rows)),
             _output_cell("three-plane viewer", viewer.data),
         ]
+        if source:
+            notebook.cells.append(nbformat.v4.new_markdown_cell(source))
         path = staging / f"{page_name(case_id)}.ipynb"
         nbformat.write(notebook, path)
         written.append(out_dir / path.name)

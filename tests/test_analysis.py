@@ -96,6 +96,25 @@ def test_trend_recovers_a_line_and_its_r2():
     assert np.isnan(analysis.trend([1.0], [2.0])["slope"])
 
 
+def test_trend_table_gives_each_tissues_direction_over_log_volume():
+    volumes = np.array([1.0, 10.0, 100.0, 1000.0])
+    frame = pd.DataFrame(
+        {
+            "tissue": ["Fibrous"] * 4 + ["Fat"] * 4 + ["Nerve"],
+            "volume_ml": [*volumes, *volumes, 5.0],
+            "dice": [0.2, 0.4, 0.6, 0.8, 0.9, 0.8, 0.7, 0.6, 0.5],
+        }
+    )
+    table = analysis.trend_table(frame, "volume_ml", log_x=True)
+    assert list(table.index) == ["Fibrous", "Fat", "Nerve"]
+    # linear in log10 volume: slope 0.2 per decade, a perfect fit
+    fibrous = table.loc["Fibrous"]
+    assert fibrous["slope"] == pytest.approx(0.2) and fibrous["r2"] == pytest.approx(1)
+    assert list(table["direction"]) == ["rises", "falls", "no line"] and table.loc["Nerve", "n"] == 1
+    # on a linear axis the same Fibrous points are not a line
+    assert analysis.trend_table(frame, "volume_ml").loc["Fibrous", "r2"] < 1
+
+
 def test_paired_comparison_finds_a_consistent_difference():
     cases = [f"C{i}" for i in range(12)]
     a = pd.DataFrame({"case_id": cases, "model": "unet", "dice": np.linspace(0.5, 0.9, 12)})

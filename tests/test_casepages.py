@@ -43,14 +43,16 @@ def test_one_page_per_case_with_metrics_metadata_and_a_viewer_of_truth_and_predi
     out = tmp_path / "book" / "cases"
     (out).mkdir(parents=True)
     (out / "STALE.ipynb").write_text("{}")  # a page of an earlier run
-    pages = write_case_pages(results, pd.DataFrame([case]), out, progress=False)
+    source = "*Source: set `smoke`; U-Net: 160 steps of 8, 0.2 min on cpu, random initialisation.*"
+    pages = write_case_pages(results, pd.DataFrame([case]), out, progress=False, source=source)
     assert pages == [out / "SYN_001.ipynb"] and sorted(p.name for p in out.iterdir()) == ["SYN_001.ipynb"]
     notebook = nbformat.read(pages[0], as_version=4)
     text = json.dumps(notebook)
     assert "# Case SYN 001" in notebook.cells[0].source and "thigh" in notebook.cells[0].source
     metrics = notebook.cells[1].outputs[0]["data"]["text/html"]
     assert "0.800" in metrics and "0.600" in metrics and "litemedsam" in metrics
-    assert all("remove-input" in c.metadata["tags"] for c in notebook.cells[1:])
+    assert all("remove-input" in c.metadata["tags"] for c in notebook.cells[1:3])
+    assert notebook.cells[-1].cell_type == "markdown" and notebook.cells[-1].source == source
     assert "private-folder-name" not in text  # no file paths in what the book publishes
     viewer = notebook.cells[2].outputs[0]["data"]["text/html"]
     uris, config = viewer_payload(viewer)

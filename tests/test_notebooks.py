@@ -9,6 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from mstt_lib.casepages import CASE_PAGES_DIR
 from mstt_lib.runner import CHECK_MARKER, notebook_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +96,50 @@ def test_changing_a_stored_reference_value_fails_nbval(tmp_path, tamper):
         assert "104" in result.stdout and "103" in result.stdout, result.stdout[-3000:]
     else:
         assert result.returncode == 0, result.stdout[-3000:]
+
+
+def _output_text(output) -> str:
+    data = output.get("data", {})
+    return "".join(output.get("text", "")) + "".join(
+        "".join(data.get(kind, "")) for kind in ("text/markdown", "text/html", "text/plain")
+    )
+
+
+def _shows_a_table_or_figure(output) -> bool:
+    data = output.get("data", {})
+    html = "".join(data.get("text/html", ""))
+    return (
+        "<table" in html
+        or "image/png" in data
+        or "application/vnd.plotly.v1+json" in data
+        or "plotly" in html.lower()
+        or "mstt-axial" in html  # the three-plane viewer
+    )
+
+
+@pytest.mark.book
+def test_every_table_and_figure_from_chapter_4_on_says_where_it_came_from():
+    """Issue 11, item 6: a trained model's numbers carry the set, budget and weights beside them.
+    Cells that show data or settings only (no model) are tagged ``no-model``."""
+    executed = sorted((ROOT / "book" / "chapters").glob("0*.ipynb"))
+    if not executed:
+        pytest.fail("book/chapters holds no executed chapter: `make test` builds the book first")
+    missing = []
+    for path in executed:
+        if path.name < "04":
+            continue
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type != "code" or "no-model" in cell.metadata.get("tags", []):
+                continue
+            outputs = cell.get("outputs", [])
+            if any(map(_shows_a_table_or_figure, outputs)) and not any(
+                "Source: set `" in _output_text(o) for o in outputs
+            ):
+                missing.append(f"{path.name}: {cell.source[:100]!r}")
+    pages = sorted((ROOT / CASE_PAGES_DIR).glob("*.ipynb"))
+    assert pages, "the failure analysis writes a page per test case"
+    missing += [f"case page {p.name}" for p in pages if "Source: set `" not in p.read_text()]
+    assert missing == []
 
 
 def test_parameter_cell_names_are_json_serialisable_defaults():
