@@ -217,13 +217,13 @@ def trend(x, y) -> dict[str, float]:
 
 def trend_table(frame: pd.DataFrame, x: str, y: str = "dice", log_x: bool = False) -> pd.DataFrame:
     """``trend`` of ``y`` against ``x`` per tissue (over log10 ``x`` with ``log_x``, as Fig. 8
-    fits volume): the slopes and R^2 a reader would otherwise read off the figure's lines,
-    and what tells whether Dice rises or falls with ``x`` in this build."""
+    fits volume): the lines ``viz.trend_figure`` draws, as numbers, and whether Dice rises or
+    falls with ``x`` in this build."""
     rows = {}
     for tissue, group in frame.groupby("tissue", sort=False):
         values = np.log10(group[x].where(group[x] > 0)) if log_x else group[x]
         rows[tissue] = trend(values, group[y])
-    table = pd.DataFrame.from_dict(rows, orient="index")[["n", "slope", "r2"]]
+    table = pd.DataFrame(list(rows.values()), index=list(rows), columns=["n", "slope", "intercept", "r2"])
     table["direction"] = np.select([table["slope"] > 0, table["slope"] < 0], ["rises", "falls"], "no line")
     return table.rename_axis("tissue")
 

@@ -55,6 +55,7 @@ __all__ = [
     "SliceDataset",
     "resolve_device",
     "mixed_precision",
+    "precision_name",
     "adam",
     "sample_rows",
     "train",
@@ -211,6 +212,11 @@ def mixed_precision(device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_bfloat16():
         return torch.bfloat16
     return None
+
+
+def precision_name(device: torch.device) -> str:
+    """The training precision as ``run.json`` and the book's captions name it ("bfloat16", "float32")."""
+    return str(mixed_precision(device) or torch.float32).removeprefix("torch.")
 
 
 def adam(parameters, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -642,7 +648,7 @@ def _write_run_record(run_dir, settings, history, epochs, steps_per_epoch, devic
         "train_minutes": round(sum(h["seconds"] for h in history) / 60, 2),
         "device": device.type if device.type != "cuda" else torch.cuda.get_device_name(device),
         "cpu_threads": torch.get_num_threads(),
-        "precision": str(mixed_precision(device) or torch.float32).removeprefix("torch."),
+        "precision": precision_name(device),
         "kept": settings.keep if settings.keep == "last" else f"best (epoch {best['epoch']})",
         "torch": torch.__version__,
     }

@@ -63,12 +63,13 @@ def trend_figure(frame: pd.DataFrame, x: str, y: str = "dice", title: str = "", 
     (the paper's Figs. 8-9); with ``log_x`` the line is fitted over log10(x)."""
     import plotly.graph_objects as go
 
-    from mstt_lib.analysis import trend
+    from mstt_lib.analysis import trend_table
 
+    fits = trend_table(frame, x, y, log_x)
     figure = go.Figure()
     for tissue, group in frame.groupby("tissue", sort=False):
-        values = np.log10(group[x]) if log_x else group[x]
-        fit = trend(values, group[y])
+        values = np.log10(group[x].where(group[x] > 0)) if log_x else group[x]
+        fit = fits.loc[tissue]
         figure.add_scatter(
             x=group[x],
             y=group[y],
