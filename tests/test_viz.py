@@ -414,3 +414,34 @@ def test_wrappable_headers_have_spaces_where_underscores_were():
     table = pd.DataFrame({"case_id": ["A"], "fp_near_ml": [1.0], 3: [2]}).set_index("case_id")
     assert list(wrappable(table).columns) == ["fp near ml", 3] and wrappable(table).index.name == "case_id"
     assert list(table.columns) == ["fp_near_ml", 3]  # a copy: the table itself is unchanged
+
+
+def test_trend_figure_draws_each_tissues_fitted_line_in_its_points_colour():
+    import pandas as pd
+
+    from mstt_lib.analysis import trend_table
+
+    volumes = [1.0, 10.0, 100.0]
+    frame = pd.DataFrame(
+        {
+            "tissue": ["Vascular"] * 3 + ["Fibrous"] * 3 + ["Lipoma"] * 3,
+            "volume_ml": volumes * 3,
+            "dice": [0.5, 0.6, 0.7, 0.9, 0.8, 0.7, 0.4, 0.5, 0.9],
+        }
+    )
+    figure = viz.trend_figure(frame, "volume_ml", log_x=True)
+    fits = trend_table(frame, "volume_ml", log_x=True)
+    points = {t.legendgroup: t for t in figure.data if t.mode == "markers"}
+    lines = {t.legendgroup: t for t in figure.data if t.mode == "lines"}
+    assert set(points) == set(lines) == {"Vascular", "Fibrous", "Lipoma"}
+    for tissue, line in lines.items():
+        assert line.line.color == points[tissue].marker.color, tissue
+        # the line is the table's fit, drawn over the points' volumes on the log axis
+        fit = fits.loc[tissue]
+        assert line.x[0] == pytest.approx(1) and line.x[-1] == pytest.approx(100)
+        assert line.y[-1] == pytest.approx(fit["slope"] * 2 + fit["intercept"])
+    assert len({t.marker.color for t in points.values()}) == 3
+    # a tissue keeps its colour whichever tissues a figure shows (and in which order)
+    alone = viz.trend_figure(frame[frame["tissue"] == "Fibrous"], "volume_ml", log_x=True)
+    assert alone.data[0].marker.color == points["Fibrous"].marker.color
+    assert viz.tissue_colours(["Lipoma", "Fat"])["Fat"] == viz.tissue_colours(["Fat"])["Fat"]

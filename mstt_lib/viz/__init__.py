@@ -21,6 +21,7 @@ from mstt_lib.viz.figures import (
     load_case_on_reference_grid,
     load_mask,
     show_figure,
+    tissue_colours,
     tissue_gallery,
     trend_figure,
     wrappable,
@@ -44,5 +45,6 @@ __all__ = [
     "load_case_on_reference_grid",
     "load_mask",
     "trend_figure",
+    "tissue_colours",
     "wrappable",
 ]

@@ -22,6 +22,7 @@ from mstt_lib.preprocess import normalise_intensity
 __all__ = [
     "show_figure",
     "trend_figure",
+    "tissue_colours",
     "tissue_gallery",
     "load_case_on_reference_grid",
     "load_mask",
@@ -58,6 +59,21 @@ def wrappable(table: pd.DataFrame) -> pd.DataFrame:
     return table.rename(columns=lambda name: name.replace("_", " ") if isinstance(name, str) else name)
 
 
+def tissue_colours(tissues: Sequence[str]) -> dict[str, str]:
+    """A colour per tissue from plotly's default palette: the paper's five by their place in
+    ``TISSUES``, so a tissue keeps its colour in every figure whichever others it shows (the
+    colours plotly express gives chapters 1-2's figures, ordered by ``TISSUES``); any other
+    tissue names (a user's cohort) take the palette's remaining colours in order."""
+    from plotly.colors import qualitative
+
+    palette = qualitative.Plotly
+    others = [t for t in dict.fromkeys(tissues) if t not in TISSUES]
+    return {
+        t: palette[(TISSUES.index(t) if t in TISSUES else len(TISSUES) + others.index(t)) % len(palette)]
+        for t in dict.fromkeys(tissues)
+    }
+
+
 def trend_figure(frame: pd.DataFrame, x: str, y: str = "dice", title: str = "", log_x: bool = False):
     """Scatter of ``y`` against ``x`` per tissue, each with its least-squares line and R^2
     (the paper's Figs. 8-9); with ``log_x`` the line is fitted over log10(x)."""
@@ -67,9 +83,11 @@ def trend_figure(frame: pd.DataFrame, x: str, y: str = "dice", title: str = "", 
 
     fits = trend_table(frame, x, y, log_x)
     figure = go.Figure()
+    colours = tissue_colours(frame["tissue"].tolist())
     for tissue, group in frame.groupby("tissue", sort=False):
         values = np.log10(group[x].where(group[x] > 0)) if log_x else group[x]
         fit = fits.loc[tissue]
+        colour = colours[tissue]  # the line in its points' colour (plotly gives each trace the next)
         figure.add_scatter(
             x=group[x],
             y=group[y],
@@ -77,6 +95,7 @@ def trend_figure(frame: pd.DataFrame, x: str, y: str = "dice", title: str = "", 
             name=f"{tissue} (R² {fit['r2']:.2f})",
             text=group.get("case_id"),
             legendgroup=str(tissue),
+            marker={"color": colour},
         )
         if np.isfinite(fit["slope"]):
             line = np.linspace(values.min(), values.max(), 20)
@@ -86,7 +105,7 @@ def trend_figure(frame: pd.DataFrame, x: str, y: str = "dice", title: str = "", 
                 mode="lines",
                 showlegend=False,
                 legendgroup=str(tissue),
-                line={"dash": "dot"},
+                line={"dash": "dot", "color": colour},
             )
     figure.update_layout(title=title, height=420, yaxis_title=y, xaxis_title=x)
     return figure.update_xaxes(type="log") if log_x else figure
