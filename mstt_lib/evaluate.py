@@ -65,7 +65,8 @@ def evaluate_run(
         predictor = Predictor(tta, planes, device, batch_size, progress=progress).load_runs(run_dirs)
         set_inference_threads()
     name = Path(run_dirs[0]).name + (f" and {len(run_dirs) - 1} more" if len(run_dirs) > 1 else "")
-    for row in tqdm(todo, desc=f"evaluating {name}", unit="case", disable=not progress):
+    # no bar when every case is scored already: a rerun in JupyterLab shows no empty "0case" bars
+    for row in tqdm(todo, desc=f"evaluating {name}", unit="case", disable=not (progress and todo)):
         case_id = row["case_id"]
         meta = cache.meta(case_id)
         image, mask_iso = cache.volumes(case_id)

@@ -53,7 +53,7 @@ def _params(cohort, work):
     )
 
 
-def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, tmp_path, monkeypatch):
+def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, tmp_path, monkeypatch, capfd):
     params = _params(ibsi_cohort, tmp_path / "work")
     registered, quality = pipeline.registered_cohort(params, progress=False)
     assert list(registered["case_id"]) == [f"STS_{i:03d}" for i in range(5)]
@@ -66,8 +66,10 @@ def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, 
     assert {"dice", "hd95_mm", "surface_dice", "prediction", "native_mask"} <= set(results.columns)
     with monkeypatch.context() as patch:  # every case scored: a rerun reads the table, loads no model
         patch.setattr("mstt_lib.predictor.Predictor.load_runs", lambda *a, **k: pytest.fail("model loaded"))
-        again = pipeline.cross_validation_results(params, progress=False)
+        capfd.readouterr()
+        again = pipeline.cross_validation_results(params)
     assert again.equals(results)
+    assert "evaluating" not in capfd.readouterr().err  # nothing to score: no empty progress bar
 
     ensemble = pipeline.fold_ensemble(params, "unet", results)
     decision = json.loads((ensemble / "postprocessing.json").read_text())
