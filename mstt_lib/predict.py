@@ -45,7 +45,7 @@ from mstt_lib.io import command_errors
 from mstt_lib.predictor import STAGES, Predictor, RunFolderError, find_fold_runs, load_runs, read_input
 from mstt_lib.slices import PLANES
 
-__all__ = ["RunFolderError", "read_input", "load_runs", "predict_folder", "main", "STAGES"]
+__all__ = ["RunFolderError", "read_input", "load_runs", "predict_folder", "build_parser", "main", "STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -84,23 +84,71 @@ def predict_folder(
     return predictor.predict_folder(input_dir, output_dir, dicom_seg=dicom_seg)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point ``mstt-predict``."""
-    parser = argparse.ArgumentParser(prog="mstt-predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "-r", "--runs", nargs="+", required=True, help="trained run folders (several: ensemble)"
+def build_parser() -> argparse.ArgumentParser:
+    """``mstt-predict``'s command line."""
+    parser = argparse.ArgumentParser(
+        prog="mstt-predict",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: mstt-predict -r work/runs/sts-ibsi-t1 -i new_cases/ -o predictions/",
     )
-    parser.add_argument("-i", "--input", required=True, help="folder of cases to segment")
-    parser.add_argument("-o", "--output", required=True, help="folder for the NIfTI masks")
-    parser.add_argument("--tta", default="paper", choices=TTA_MODES)
-    parser.add_argument("--planes", nargs="+", default=list(PLANES), choices=PLANES)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2, help="processes for registration")
+    parser.add_argument(
+        "-r",
+        "--runs",
+        nargs="+",
+        required=True,
+        help="trained run folders (several: their logits averaged), an ensemble folder "
+        "(<model>-ensemble-<hash>: its threshold and post-processing applied), or a folder of "
+        "runs (work/runs/<cohort>: its ensemble, else its fold runs)",
+    )
+    parser.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        help="the cases: a cohort in the project layout, an nnU-Net raw dataset, the IBSI layout, "
+        "<case>_0000.nii.gz (T1) and <case>_0001.nii.gz (T2) files, or one DICOM series folder",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="where <case>.nii.gz, <case>_probability.nii.gz and predictions.csv go; "
+        "cases already there are skipped",
+    )
+    parser.add_argument(
+        "--tta",
+        default="paper",
+        choices=TTA_MODES,
+        help="test-time augmentation: paper (identity, two flips, a 90-degree rotation), "
+        "all8 (every flip and rotation), none (default: paper)",
+    )
+    parser.add_argument(
+        "--planes",
+        nargs="+",
+        default=list(PLANES),
+        choices=PLANES,
+        help="slice planes whose predictions are averaged (default: all three)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when present, else the CPU), cpu or cuda[:N]"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="slices read together, each with its TTA transforms; a pass over 16 x 256 x 256 "
+        "pixels is split (default: 16)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="processes for registration (default: 2)")
     parser.add_argument(
         "--dicom-seg", action="store_true", help="DICOM input: also write <case>_seg.dcm (DICOM SEG)"
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point ``mstt-predict``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(message)s")
     with command_errors(parser.prog, args.debug):

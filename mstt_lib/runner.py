@@ -45,6 +45,7 @@ __all__ = [
     "build_book",
     "store_references",
     "publish_book",
+    "build_parser",
     "main",
 ]
 
@@ -521,8 +522,8 @@ def _engine_for_kernels(engine: str | None, address: str | None) -> None:
         os.environ["RAY_ADDRESS"] = address
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point: ``mstt-book {run,build,book,references}``."""
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """``mstt-book``'s parser and its subcommands' parsers, by name."""
     parser = argparse.ArgumentParser(prog="mstt-book", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
@@ -531,10 +532,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         ("grid", "train every (model, fold) of the set, one papermill run each"),
     ):
         command = commands.add_parser(name, help=text)
-        command.add_argument("--params", default=DEFAULT_SET, choices=sorted(PARAMETER_SETS))
-        command.add_argument("--kernel", default="python3")
+        command.add_argument(
+            "--params",
+            default=DEFAULT_SET,
+            choices=sorted(PARAMETER_SETS),
+            help=f"named parameter set (mstt_lib.params; default: {DEFAULT_SET}): smoke, the book's "
+            "few CPU-minutes; cpu, 30 training minutes per cohort on a CPU; paper, the paper's "
+            "settings, and best, the recipe beyond the paper, both for a GPU",
+        )
+        command.add_argument(
+            "--kernel",
+            default="python3",
+            help="the Jupyter kernel papermill starts (default: python3; mstt-book is this "
+            "environment's, registered by make install)",
+        )
         if name != "grid":
-            command.add_argument("--only", nargs="*", default=(), help="notebook name prefixes, e.g. 01")
+            command.add_argument(
+                "--only", nargs="*", default=(), help="notebook name prefixes, e.g. 01 (default: all)"
+            )
             command.add_argument(
                 "--engine",
                 choices=("process", "ray"),
@@ -563,21 +578,28 @@ def main(argv: Sequence[str] | None = None) -> None:
             action="append",
             default=[],
             metavar=("NAME", "VALUE"),
-            help="a papermill parameter for every notebook (value read as YAML)",
+            help="a papermill parameter for every notebook run, the value read as YAML "
+            "(e.g. -p folds '[0]' -p train_minutes 10); a name no notebook declares is refused",
         )
     commands.add_parser("build", help="build the HTML book from the executed notebooks")
     commands.add_parser("references", help="store nbval reference outputs in the source notebooks")
     publish = commands.add_parser("publish", help="push _build/html to the gh-pages branch of a git remote")
     publish.add_argument("--remote", default="origin", help="remote name or repository URL (default origin)")
-    publish.add_argument("--branch", default="gh-pages")
+    publish.add_argument("--branch", default="gh-pages", help="branch to push to (default gh-pages)")
     for command in commands.choices.values():
         command.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    return parser, commands.choices
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point: ``mstt-book {run,book,grid,build,references,publish}``."""
+    parser, commands = build_parser()
     args = parser.parse_args(argv)
 
     if args.command == "grid" and args.engine != "ray":
         for flag, value in (("--address", args.address), ("--gpus-per-task", args.gpus_per_task)):
             if value is not None:
-                commands.choices["grid"].error(f"{flag} is for --engine ray")
+                commands["grid"].error(f"{flag} is for --engine ray")
     if args.command in ("run", "book", "grid"):
         import yaml
 
@@ -586,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             sources = notebook_paths(only=["04"] if args.command == "grid" else args.only)
             check_parameters(parameters, sources)
         except (ValueError, yaml.YAMLError) as error:
-            commands.choices[args.command].error(" ".join(str(error).split()))
+            commands[args.command].error(" ".join(str(error).split()))
     try:
         with command_errors(parser.prog, args.debug), stopped_cleanly():
             if args.command in ("run", "book"):

@@ -258,3 +258,21 @@ def test_every_mstt_book_run_in_the_readme_passes_only_parameters_its_chapters_d
                     break
                 only.append(word)
         check_parameters(names, notebook_paths(root, only))
+
+
+def test_every_option_of_mstt_book_and_mstt_predict_says_what_it_does():
+    from mstt_lib import predict, runner
+
+    _, commands = runner.build_parser()
+    parsers = {f"mstt-book {name}": parser for name, parser in commands.items()}
+    parsers["mstt-predict"] = predict.build_parser()
+    bare = [
+        f"{name} {action.option_strings[-1]}"
+        for name, parser in parsers.items()
+        for action in parser._actions
+        if action.option_strings and not action.help
+    ]
+    assert bare == []
+    # the sets' help names every set, so a new one cannot go undescribed
+    sets = next(a for a in commands["run"]._actions if "--params" in a.option_strings)
+    assert all(f"{name}," in sets.help for name in sets.choices), sets.help
