@@ -267,11 +267,15 @@ def _residual(transform_files: list[str], truth: pd.Series, mask_image, mask: np
 # The cohort.
 
 
+def _finished(job: tuple) -> dict | None:
+    """The case's result if it was registered into this folder before (a resumed run)."""
+    row, out_dir, _, _ = job
+    done = Path(out_dir) / row["case_id"] / "result.json"
+    return json.loads(done.read_text()) if done.is_file() else None
+
+
 def _register_job(job: tuple) -> dict:
     row, out_dir, settings, truth = job
-    done = Path(out_dir) / row["case_id"] / "result.json"
-    if done.is_file():  # finished earlier: resume
-        return json.loads(done.read_text())
     try:
         return register_case(row, out_dir, settings, truth)
     except CaseFileError as error:
@@ -308,18 +312,26 @@ def register_cohort(
         (row, str(out_dir), settings, None if truth_rows is None else truth_rows.loc[row["case_id"]])
         for row in cases.to_dict("records")
     ]
-    # Fresh processes, so that ANTs starts seeded and single-threaded (see _seeded_ants).
-    rows = map_cases(
-        _register_job,
-        jobs,
-        workers,
-        engine,
-        env=_ants_environment(settings.seed),
-        spawn=True,
-        progress=progress,
-        desc="registration",
+    # Cases registered before are read here: no process pool, Ray session or progress bar for
+    # them (a chapter's rerun). The rest run in fresh processes, so that ANTs starts seeded and
+    # single-threaded (see _seeded_ants).
+    finished = {i: _finished(job) for i, job in enumerate(jobs)}
+    pending = [job for i, job in enumerate(jobs) if finished[i] is None]
+    fresh = iter(
+        map_cases(
+            _register_job,
+            pending,
+            workers,
+            engine,
+            env=_ants_environment(settings.seed),
+            spawn=True,
+            progress=progress,
+            desc="registration",
+        )
+        if pending
+        else []
     )
-    results = pd.DataFrame(rows)
+    results = pd.DataFrame([row if row is not None else next(fresh) for row in finished.values()])
     with atomic_path(out_dir / RESULTS_FILE) as tmp:
         results.to_csv(tmp, index=False)
 

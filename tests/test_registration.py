@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mstt_lib import registration
 from mstt_lib.cohort import read_cohort
 from mstt_lib.geometry import misalignment_matrix
 from mstt_lib.io import save_nifti
@@ -170,16 +171,41 @@ def test_registered_mask_keeps_the_tumour_volume(registered, cases):
 # Resuming, and settings that do not match the folder.
 
 
-def test_a_second_call_resumes_without_registering_again(registered, cases, truth):
+def test_a_second_call_resumes_without_registering_again(registered, cases, truth, monkeypatch, capfd):
     out, results = registered
     before = _mtimes(out)
-    again = register_cohort(cases, out, RegistrationSettings(), truth=truth, workers=1, progress=False)
+    # every case registered: read here, with no worker processes and no progress bar
+    monkeypatch.setattr(registration, "map_cases", lambda *a, **k: pytest.fail("workers started"))
+    capfd.readouterr()
+    again = register_cohort(cases, out, RegistrationSettings(), truth=truth, workers=2)
+    assert "registration" not in capfd.readouterr().err
     after = _mtimes(out)
     for case_id in cases["case_id"]:
         for name in ("result.json", "t1_to_t2_0.mat", *REGISTERED_FILES):
             key = f"{case_id}/{name}"
             assert after[key] == before[key], key
     pd.testing.assert_frame_equal(again, results)
+
+
+def test_an_interrupted_run_registers_only_the_cases_it_had_left_in_their_order(
+    registered, cases, truth, tmp_path, monkeypatch
+):
+    out, results = registered
+    partial = tmp_path / "partial"
+    shutil.copytree(out, partial)
+    left = cases["case_id"].iloc[1]
+    shutil.rmtree(partial / left)
+    mapped, real = [], registration.map_cases
+
+    def recording(function, jobs, *args, **kwargs):
+        mapped.extend(job[0]["case_id"] for job in jobs)
+        return real(function, jobs, *args, **kwargs)  # fresh processes, seeded as always
+
+    monkeypatch.setattr(registration, "map_cases", recording)
+    again = register_cohort(cases, partial, RegistrationSettings(), truth=truth, workers=1, progress=False)
+    assert mapped == [left]
+    assert list(again["case_id"]) == list(results["case_id"])
+    assert (again["status"] == results["status"]).all() and (partial / left / "result.json").is_file()
 
 
 def test_other_settings_into_the_same_folder_are_refused(registered, cases, truth):
