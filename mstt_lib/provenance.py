@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 if TYPE_CHECKING:
     from mstt_lib.params import Params
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SMALL_BUDGET_SETS",
     "run_record",
+    "kept_epochs",
     "runs_summary",
     "caption",
     "record_parameter_set",
@@ -49,6 +53,24 @@ def run_record(run_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the run in {Path(run_dir).name} has not finished")
     return {"run": Path(run_dir).name, **json.loads(path.read_text())}
+
+
+def kept_epochs(histories: pd.DataFrame, run_dirs: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """The row of each run's per-epoch history (a ``run`` column of folder names) whose weights
+    the run kept, as its ``run.json`` says: ``"last"``, or ``"best (epoch N)"`` of validation
+    Dice (``mstt_lib.train``). Read, not re-derived: ties and NaN follow the trainer's rule."""
+    kept = {}
+    for folder in run_dirs:
+        record = run_record(folder)
+        best = re.fullmatch(r"best \(epoch (\d+)\)", str(record.get("kept", "last")))
+        kept[record["run"]] = int(best.group(1)) if best else None
+    rows = []
+    for run, history in histories.groupby("run", sort=False):
+        if run not in kept:
+            raise ValueError(f"no run folder given for the history of {run}")
+        epoch = kept[run] if kept[run] is not None else history["epoch"].max()
+        rows.append(history[history["epoch"] == epoch].assign(kept="last" if kept[run] is None else "best"))
+    return pd.concat(rows, ignore_index=True)
 
 
 def _weights(record: dict) -> str:

@@ -2,9 +2,13 @@
 
 import json
 
+import pandas as pd
+import pytest
+
 from mstt_lib.params import PAPER_RECIPE, get_params
 from mstt_lib.provenance import (
     caption,
+    kept_epochs,
     model_name,
     record_parameter_set,
     runs_by_set,
@@ -88,3 +92,21 @@ def test_model_names_read_as_the_paper_writes_them_and_unknown_ones_pass_through
     assert model_name("unet") == "U-Net"
     assert model_name("litemedsam") == "LiteMedSAM"
     assert model_name("unet3d") == "unet3d"
+
+
+def test_each_runs_kept_epoch_is_its_last_or_the_best_its_record_names(tmp_path):
+    last, best = _run(tmp_path / "last", 30, 0.1), _run(tmp_path / "best", 30, 0.1)
+    record = json.loads((best / "run.json").read_text())
+    (best / "run.json").write_text(json.dumps({**record, "kept": "best (epoch 2)"}))
+    histories = pd.DataFrame(
+        {
+            "run": ["last"] * 3 + ["best"] * 3,
+            "epoch": [1, 2, 3] * 2,
+            "val_dice": [0.2, 0.9, 0.5, 0.3, 0.6, 0.6],  # "best": the record, not the maximum
+        }
+    )
+    kept = kept_epochs(histories, [last, best]).set_index("run")
+    assert kept.loc["last", "epoch"] == 3 and kept.loc["last", "kept"] == "last"
+    assert kept.loc["best", "epoch"] == 2 and kept.loc["best", "kept"] == "best"
+    with pytest.raises(ValueError, match="history of best"):
+        kept_epochs(histories, [last])

@@ -9,6 +9,7 @@ import torch
 
 from mstt_lib.devices import resolve_device
 from mstt_lib.io import save_nifti
+from mstt_lib.provenance import kept_epochs
 from mstt_lib.slices import SliceCache, build_cache
 from mstt_lib.train import TrainSettings, _Loss, augmentations, sample_rows, train
 
@@ -217,6 +218,9 @@ def test_poly_schedule_best_checkpoint_and_the_run_record(cache, tmp_path):
     assert record["samples_seen"] == steps * TINY["batch_size"]
     assert record["weights"] == "random initialisation" and record["device"] == "cpu"
     assert record["kept"] == f"best (epoch {best_epoch})"
+    # chapter 4's table of kept epochs reads the record the trainer wrote
+    shown = kept_epochs(history.assign(run="run"), [tmp_path / "run"])
+    assert shown["epoch"].tolist() == [best_epoch] and shown["kept"].tolist() == ["best"]
     assert list(history["steps"]) == [settings.steps_per_epoch(0) * (e + 1) for e in range(6)]
 
 
