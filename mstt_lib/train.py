@@ -58,6 +58,7 @@ __all__ = [
     "precision_name",
     "adam",
     "sample_rows",
+    "describe_sampling",
     "train",
     "training_speed",
     "dice_score",
@@ -325,6 +326,23 @@ def sample_rows(
         from_tumour, tumour[rng.integers(0, tumour.size, count)], rng.integers(0, len(rows), count)
     )
     return rows.iloc[picks].reset_index(drop=True)
+
+
+def describe_sampling(tumour_share: float, foreground_fraction: float | None) -> str:
+    """What ``sample_rows`` trains on, in a sentence for chapter 3: the paper's rule (tumour
+    slices only) or oversampling, with the share of tumour slices a draw gives on average,
+    ``p + (1 - p) * tumour_share`` (a tumour slice with probability p, else any slice)."""
+    if foreground_fraction is None:
+        return (
+            "This set trains on tumour slices only (the paper's rule): "
+            f"{tumour_share:.0%} of all slices, every tumour-free one left out."
+        )
+    drawn = foreground_fraction + (1 - foreground_fraction) * tumour_share
+    return (
+        f"This set draws each training sample from the tumour slices with probability "
+        f"{foreground_fraction:g}, else from any slice: tumour slices are {tumour_share:.0%} of "
+        f"all slices and about {drawn:.0%} of the samples, tumour-free ones the other {1 - drawn:.0%}."
+    )
 
 
 def train(

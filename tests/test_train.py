@@ -11,7 +11,7 @@ from mstt_lib.devices import resolve_device
 from mstt_lib.io import save_nifti
 from mstt_lib.provenance import kept_epochs
 from mstt_lib.slices import SliceCache, build_cache
-from mstt_lib.train import TrainSettings, _Loss, augmentations, sample_rows, train
+from mstt_lib.train import TrainSettings, _Loss, augmentations, describe_sampling, sample_rows, train
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +318,15 @@ def test_slice_dice_leaves_tumour_free_slices_to_bce():
 def test_an_unknown_loss_names_the_choices():
     with pytest.raises(ValueError, match="slice_dice_bce"):
         _Loss("dice")
+
+
+def test_the_sampling_sentence_gives_the_share_of_tumour_slices_that_sample_rows_draws():
+    rows = pd.DataFrame({"tumour_voxels": [0] * 80 + [50] * 20})  # a fifth are tumour slices
+    drawn = sample_rows(rows, 25, 0.5, 20000, seed=0, epoch=0)
+    share = (drawn["tumour_voxels"] > 25).mean()
+    assert share == pytest.approx(0.6, abs=0.02)  # 0.5 + 0.5 * 0.2
+    text = describe_sampling(0.2, 0.5)
+    assert "20% of all slices" in text and "about 60% of the samples" in text and "other 40%" in text
+    paper = describe_sampling(0.2, None)
+    assert "tumour slices only" in paper and "20% of all slices" in paper
+    assert (sample_rows(rows, 25, None, None, seed=0, epoch=0)["tumour_voxels"] > 25).all()
