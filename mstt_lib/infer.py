@@ -21,8 +21,9 @@ identity, horizontal flip, vertical flip, rot90), ``"all8"`` (the authors' code:
 combination of horizontal flip, vertical flip and rot90) or ``"none"``. Each output is
 undone before the logits are averaged. All transforms of a batch go through the model in
 one forward pass (two where rot90 turns a non-square slice: one per output shape), split
-only where a pass would exceed ``max_pixels``. The planes' logit volumes are averaged and
-thresholded at 0 (probability 0.5), as the authors' code does.
+only where a pass would exceed ``max_pixels``. The planes' logit volumes are averaged; the
+predictor (``mstt_lib.predictor``) resamples their probability to the case's native grid and
+thresholds it there, at 0.5 (the authors' code: logit 0) unless cross-validation chose another.
 
 Slices whose 2.5D input holds no body (every voxel of every channel below half the
 volume's Otsu threshold between air and tissue, per channel) are not run through the model;

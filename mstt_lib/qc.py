@@ -20,6 +20,7 @@ __all__ = [
     "intensity_histograms",
     "sample_gallery",
     "voxel_spacings",
+    "cache_spacings",
 ]
 
 
@@ -69,8 +70,10 @@ def registration_checkerboards(
 
 
 def intensity_histograms(raw: dict[str, np.ndarray], normalised: dict[str, np.ndarray], bins: int = 80):
-    """Histograms of each modality before (native values) and after clamp + min-max (plotly)."""
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("native intensities", "after clamp and min-max"))
+    """Histograms of each modality as read (zero voxels, the padding around a registered image,
+    left out) and after clamp + min-max on the set's grid (plotly)."""
+    titles = ("as read (zero voxels left out)", "after clamp and min-max")
+    figure = make_subplots(rows=1, cols=2, subplot_titles=titles)
     for column, values in enumerate((raw, normalised), start=1):
         for name, data in values.items():
             flat = np.asarray(data, dtype=np.float32).ravel()
@@ -88,7 +91,8 @@ def intensity_histograms(raw: dict[str, np.ndarray], normalised: dict[str, np.nd
             )
     figure.update_layout(barmode="overlay", height=360, bargap=0)
     figure.update_yaxes(type="log", title_text="voxels")
-    return figure
+    figure.update_xaxes(title_text="intensity (input units)", row=1, col=1)
+    return figure.update_xaxes(title_text="normalised intensity", row=1, col=2)
 
 
 def voxel_spacings(cases: pd.DataFrame, modalities: Sequence[str] = ("T1", "T2")) -> pd.DataFrame:
@@ -101,6 +105,16 @@ def voxel_spacings(cases: pd.DataFrame, modalities: Sequence[str] = ("T1", "T2")
                 zooms = load_nifti(path, row["case_id"]).header.get_zooms()[:3]
                 rows.append((row["case_id"], row.get("tissue"), modality, *map(float, zooms)))
     return pd.DataFrame(rows, columns=["case_id", "tissue", "modality", "x_mm", "y_mm", "z_mm"])
+
+
+def cache_spacings(cache) -> pd.DataFrame:
+    """Voxel spacing (mm) of every preprocessed case, measured from its grid in the slice cache
+    (the lengths of the affine's columns, whatever its orientation): case, x, y, z."""
+    rows = []
+    for case_id in cache.case_ids:
+        affine = np.asarray(cache.meta(case_id)["affine"], dtype=float)
+        rows.append((case_id, *np.linalg.norm(affine[:3, :3], axis=0)))
+    return pd.DataFrame(rows, columns=["case_id", "x_mm", "y_mm", "z_mm"])
 
 
 def sample_gallery(cache, samples: pd.DataFrame, channel_names: Sequence[str], size=(256, 256)) -> plt.Figure:

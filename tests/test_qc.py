@@ -47,3 +47,22 @@ def test_checkerboards_of_an_lps_pair_match_its_ras_twin_and_are_radiological(tm
     expected = display_slice(np.clip(normalised, 0, 1), "axial", 3)
     tiles = (np.indices(expected.shape) // 4).sum(0) % 2 == 0  # the T2 tiles
     np.testing.assert_allclose(ras_after[tiles], expected[tiles], atol=1e-5)
+
+
+def test_cache_spacings_are_measured_from_each_cases_grid_whatever_its_orientation():
+    class Cache:
+        case_ids = ["A", "B"]
+        affines = {
+            "A": axis_aligned_affine(SHAPE, (2.0, 2.0, 2.0), "LPS", (0.0, 0.0, 0.0)),
+            "B": np.diag([1.0, 1.5, 3.0, 1.0]),
+        }
+
+        def meta(self, case_id):
+            return {"affine": self.affines[case_id].tolist()}
+
+    angle = np.deg2rad(30)  # a rotated grid keeps its spacing
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    Cache.affines["B"][:3, :3] = rotation @ Cache.affines["B"][:3, :3]
+    spacings = qc.cache_spacings(Cache()).set_index("case_id")
+    np.testing.assert_allclose(spacings.loc["A"], [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(spacings.loc["B"], [1.0, 1.5, 3.0])
