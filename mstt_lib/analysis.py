@@ -159,7 +159,9 @@ def mean_table(
     Each row says how many cases the group has (``n_cases``), how many the mean is over
     (``n_scored``) and how many had no finite value because the tumour was missed
     (``n_missed``: infinite HD95 or ASSD), and in ``misses`` how those entered the figure:
-    left out (``misses=None``) or counted as the penalty ``misses``. The overall row ("all")
+    left out (``misses=None``) or counted as the penalty ``misses``. Where no value is infinite
+    (always so for Dice, which scores a missed tumour 0) those two columns are left out: they
+    would say "none missed" beside tumours that Dice scored 0. The overall row ("all")
     comes only beside two groups or more: with one, it would repeat that group's row.
     """
     rows = []
@@ -168,7 +170,10 @@ def mean_table(
         rows.append({**dict(zip(by, key, strict=True)), **_aggregate(group[metric], metric, misses)})
     if len(rows) > 1:
         rows.append({**{b: "all" for b in by}, **_aggregate(results[metric], metric, misses)})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if not np.isinf(results[metric].to_numpy(dtype=float)).any():
+        table = table.drop(columns=["n_missed", "misses"])
+    return table
 
 
 def summary_table(results: pd.DataFrame, metrics, misses: dict[str, float] | None = None) -> pd.DataFrame:

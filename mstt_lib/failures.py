@@ -1,8 +1,8 @@
 """Failure analysis: how each prediction goes wrong, told apart by measurement.
 
 The paper (section 4.3, Figures 6 and 10-17) describes its failures by eye: false
-positives on other structures, parts of the tumour missed, tumours missed entirely,
-small tumours. Here each is a measurement on the case's native grid:
+positives on other structures, parts of the tumour missed, small tumours. Here each is a
+measurement on the case's native grid, with tumours missed entirely as a kind of their own:
 
 * ``fp_remote_ml``: predicted volume in connected components (26-connected) that do not
   touch the ground truth, not even through one voxel of dilation: a false positive on

@@ -319,14 +319,14 @@ PAPER_DEVIATIONS: tuple[dict[str, str], ...] = (
     },
     {
         "setting": "U-Net first convolution (6 channels)",
-        "paper": "ImageNet-pretrained encoder; adaptation not stated",
+        "paper": "a pre-trained encoder; adaptation not stated",
         "paper set": "ImageNet filters tiled over the 6 channels, scaled by 3/6 (smp's own rule)",
         "authors' code": "a randomly initialised 6-channel convolution",
         "option": 'first_conv="random"',
     },
     {
         "setting": "ImageNet weights",
-        "paper": "ImageNet-pretrained",
+        "paper": "pre-trained (the dataset not named; the authors' code: ImageNet)",
         "paper set": 'unet_weights="imagenet": smp\'s hub download (cached), or a local file',
         "authors' code": "smp's download",
         "option": "unet_weights=/path/to/encoder.pth",
