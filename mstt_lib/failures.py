@@ -7,7 +7,8 @@ measurement on the case's native grid, with tumours missed entirely as a kind of
 * ``fp_remote_ml``: predicted volume in connected components (26-connected) that do not
   touch the ground truth, not even through one voxel of dilation: a false positive on
   a structure away from the tumour;
-* ``fp_near_ml``: the rest of the false positives, an over-segmentation at the tumour;
+* ``fp_near_ml``: the rest of the false positives, an over-segmentation at the tumour (a kind
+  of failure the paper does not name);
 * ``fn_ml``: ground-truth volume the prediction misses; ``recall = tp / truth``;
 * ``missed_entirely``: a tumour that the prediction does not touch at all.
 
@@ -31,6 +32,7 @@ __all__ = [
     "error_volumes",
     "measure_failures",
     "classify_failures",
+    "describe_cases",
     "error_slice",
     "focus_window",
 ]
@@ -39,6 +41,7 @@ FAILURE_KINDS = (
     "missed entirely",
     "false positives away from the tumour",
     "missed parts of the tumour",
+    "false positives at the tumour",
     "small tumour",
     "other",
 )
@@ -105,12 +108,15 @@ def classify_failures(
     remote_share: float = 0.25,
     missed_share: float = 0.3,
     small_ml: float | None = None,
+    near_share: float = 0.3,
 ) -> pd.DataFrame:
     """Add ``failed`` (Dice below ``dice_threshold``) and ``failure_kind`` to ``measure_failures``' table.
 
     A failed case is, first match wins: missed entirely; false positives away from
     the tumour (remote false-positive volume above ``remote_share`` of the tumour's);
-    missed parts of the tumour (missed volume above ``missed_share`` of it); a small
+    missed parts of the tumour (missed volume above ``missed_share`` of it); false positives
+    at the tumour, an over-segmentation (near false-positive volume above ``near_share`` of
+    it: not one of the paper's kinds, but what fails most small real tumours); a small
     tumour (below ``small_ml``, by default the lower quartile of the table's tumour
     volumes); else "other". Cases that did not fail get an empty kind.
     """
@@ -122,13 +128,29 @@ def classify_failures(
         table["missed_entirely"].astype(bool).to_numpy(),
         table["fp_remote_ml"].to_numpy(float) > remote_share * truth,
         table["fn_ml"].to_numpy(float) > missed_share * truth,
+        table["fp_near_ml"].to_numpy(float) > near_share * truth,
         truth < small_ml,
     ]
-    kinds = np.select(conditions, FAILURE_KINDS[:4], default=FAILURE_KINDS[4])
+    kinds = np.select(conditions, FAILURE_KINDS[:-1], default=FAILURE_KINDS[-1])
     table["failed"] = table["dice"].fillna(0).to_numpy() < dice_threshold
     table["failure_kind"] = np.where(table["failed"], kinds, "")
     table.attrs["small_ml"] = small_ml
     return table
+
+
+def describe_cases(table: pd.DataFrame) -> str:
+    """One phrase per case of ``measure_failures``' table, worst Dice first: how much of its
+    tumour it missed and how much it predicted beside and away from it. Per case, not pooled:
+    a sum over the cases lets one large tumour speak for all, and hides small tumours that
+    failed by over-segmentation."""
+    if table.empty:
+        return "No case is under the threshold."
+    phrases = [
+        f"{row.case_id} (Dice {row.dice:.2f}) missed {row.fn_ml:.0f} of its {row.truth_ml:.0f} ml of "
+        f"tumour and predicted {row.fp_near_ml:.0f} ml beside it and {row.fp_remote_ml:.0f} ml away from it"
+        for row in table.sort_values("dice").itertuples()
+    ]
+    return "Per case: " + "; ".join(phrases) + "."
 
 
 def focus_window(*masks: np.ndarray, min_side: int = 80, scale: float = 2.5) -> tuple[slice, slice]:

@@ -411,7 +411,11 @@ def external_results(params: Params, external_cohort: str | Path, progress: bool
 
 def conversion_check(converted: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
     """Masks converted from DICOM (``dicom.convert_collection``) against the cohort's masks of
-    the same cases: whether the grids agree and, where they do, the Dice."""
+    the same cases: whether the grids agree (shape, and the affine within 0.01 mm) and, where
+    they do, the Dice."""
+    import numpy as np
+
+    from mstt_lib.io import load_nifti
     from mstt_lib.metrics import dice
     from mstt_lib.viz import load_mask
 
@@ -419,7 +423,8 @@ def conversion_check(converted: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFra
     rows = []
     for row in converted.itertuples():
         ours, theirs = load_mask(row.mask, row.case_id), load_mask(reference[row.case_id], row.case_id)
-        same = ours.shape == theirs.shape
+        affines = [load_nifti(path, row.case_id).affine for path in (row.mask, reference[row.case_id])]
+        same = ours.shape == theirs.shape and bool(np.allclose(*affines, atol=0.01))
         rows.append(
             {
                 "case_id": row.case_id,

@@ -8,7 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mstt_lib.failures import FAILURE_KINDS, classify_failures, error_slice, error_volumes, measure_failures
+from mstt_lib.failures import (
+    FAILURE_KINDS,
+    classify_failures,
+    describe_cases,
+    error_slice,
+    error_volumes,
+    measure_failures,
+)
 from mstt_lib.io import save_nifti
 
 
@@ -62,25 +69,28 @@ def test_empty_prediction_and_empty_truth_edge_cases():
 def test_classify_failures_takes_the_first_matching_kind_and_leaves_good_cases_blank():
     table = pd.DataFrame(
         {
-            "case_id": list("abcdef"),
-            "dice": [0.0, 0.4, 0.5, 0.6, 0.65, 0.9],
-            "missed_entirely": [True, False, False, False, False, False],
-            "truth_ml": [10.0, 10.0, 10.0, 1.0, 10.0, 10.0],
-            "fp_remote_ml": [0.0, 5.0, 0.0, 0.0, 0.0, 9.0],
-            "fn_ml": [10.0, 5.0, 5.0, 0.1, 1.0, 0.0],
+            "case_id": list("abcgdef"),
+            "dice": [0.0, 0.4, 0.5, 0.55, 0.6, 0.65, 0.9],
+            "missed_entirely": [True, False, False, False, False, False, False],
+            "truth_ml": [10.0, 10.0, 10.0, 1.0, 1.0, 10.0, 10.0],
+            "fp_remote_ml": [0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 9.0],
+            "fn_ml": [10.0, 5.0, 5.0, 0.1, 0.1, 1.0, 0.0],
+            # g: a small tumour over-segmented (2 ml beside 1 ml); d: small, barely over
+            "fp_near_ml": [0.0, 0.0, 9.0, 2.0, 0.2, 1.0, 0.0],
         }
     )
     classified = classify_failures(table, dice_threshold=0.7, small_ml=2.0)
     assert list(classified["failure_kind"]) == [
         FAILURE_KINDS[0],
         FAILURE_KINDS[1],
-        FAILURE_KINDS[2],
-        FAILURE_KINDS[3],
+        FAILURE_KINDS[2],  # parts missed comes before the false positives beside them
+        "false positives at the tumour",
+        "small tumour",
         "other",
         "",  # Dice 0.9: not a failure, whatever its false positives
     ]
-    assert list(classified["failed"]) == [True] * 5 + [False]
-    assert classify_failures(table)["failure_kind"].iloc[3] == "small tumour"  # quartile default
+    assert list(classified["failed"]) == [True] * 6 + [False]
+    assert classify_failures(table)["failure_kind"].iloc[4] == "small tumour"  # quartile default
 
 
 def test_error_slice_shows_where_the_prediction_is_most_wrong():
@@ -162,3 +172,20 @@ def test_focus_window_frames_both_masks_and_stays_inside_the_slice():
     assert prediction[rows, cols].sum() == prediction.sum() and truth[rows, cols].sum() == truth.sum()
 
     assert focus_window(np.zeros((8, 8), bool)) == (slice(None), slice(None))
+
+
+def test_failed_cases_are_described_one_by_one_worst_first():
+    table = pd.DataFrame(
+        {
+            "case_id": ["big", "small"],
+            "dice": [0.09, 0.43],
+            "truth_ml": [1529.1, 27.6],
+            "fn_ml": [1452.7, 1.04],
+            "fp_near_ml": [52.3, 68.7],
+            "fp_remote_ml": [0.0, 0.0],
+        }
+    )
+    text = describe_cases(table.iloc[::-1])
+    assert text.index("big (Dice 0.09)") < text.index("small (Dice 0.43)")
+    assert "small (Dice 0.43) missed 1 of its 28 ml of tumour and predicted 69 ml beside it" in text
+    assert describe_cases(table.iloc[:0]) == "No case is under the threshold."

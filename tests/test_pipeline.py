@@ -50,13 +50,13 @@ def test_stage_folder_digests_follow_the_settings_not_their_order():
     assert len(short_digest("x")) == 12 and short_digest(Path("p/q")) == short_digest("p/q")
 
 
-def _mask_file(path: Path, shape, box) -> Path:
+def _mask_file(path: Path, shape, box, spacing: float = 1.0) -> Path:
     import nibabel as nib
     import numpy as np
 
     data = np.zeros(shape, np.uint8)
     data[box] = 1
-    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    nib.save(nib.Nifti1Image(data, np.diag([spacing, spacing, spacing, 1.0])), path)
     return path
 
 
@@ -66,20 +66,23 @@ def test_the_conversion_check_scores_converted_masks_and_names_a_grid_mismatch(t
     from mstt_lib.pipeline import conversion_check
 
     half = (slice(0, 4), slice(0, 8), slice(0, 8))
-    reference = {c: _mask_file(tmp_path / f"{c}_ref.nii.gz", (8, 8, 8), half) for c in ("A", "B")}
+    reference = {c: _mask_file(tmp_path / f"{c}_ref.nii.gz", (8, 8, 8), half) for c in "ABC"}
     converted = pd.DataFrame(
         {
-            "case_id": ["A", "B"],
+            "case_id": ["A", "B", "C"],
             "mask": [
                 _mask_file(tmp_path / "A.nii.gz", (8, 8, 8), (slice(0, 2), slice(0, 8), slice(0, 8))),
                 _mask_file(tmp_path / "B.nii.gz", (8, 8, 9), half),
+                _mask_file(tmp_path / "C.nii.gz", (8, 8, 8), half, spacing=1.2),  # same shape, other grid
             ],
         }
     )
-    cases = pd.DataFrame({"case_id": ["B", "A"], "mask": [str(reference["B"]), str(reference["A"])]})
+    cases = pd.DataFrame({"case_id": list("BAC"), "mask": [str(reference[c]) for c in "BAC"]})
     table = conversion_check(converted, cases).set_index("case_id")
     assert table.loc["A", "same grid"] and abs(table.loc["A", "Dice against the IBSI mask"] - 2 / 3) < 1e-9
-    assert not table.loc["B", "same grid"] and pd.isna(table.loc["B", "Dice against the IBSI mask"])
+    for mismatch in "BC":
+        assert not table.loc[mismatch, "same grid"]
+        assert pd.isna(table.loc[mismatch, "Dice against the IBSI mask"])
 
 
 def test_predicted_dice_adds_each_predictions_dice_to_the_status_table(tmp_path):
