@@ -167,8 +167,8 @@ def _check_keys(name: str, values: dict[str, Any]) -> None:
 # nnU-Net's poly decay from 1e-3, and the largest-component step where cross-validation
 # shows that it helps. Chapter 8 compares it with the paper's recipe at equal budget: on the
 # 29 real cases the two tied at 512 steps per fold and at 15-30 CPU-minutes on a 2 mm grid;
-# at 3 mm the paper's constant 1e-4 reached 0.58 against 0.64 at 192 steps (Wilcoxon
-# p = 0.016) and against 0.62 at 160 (p = 0.12; README, chapter 8).
+# at 3 mm and 160 steps the set's recipe was ahead on the bfloat16 CPUs (Wilcoxon p = 0.003 and,
+# with Dice per tumour slice, 0.0003; benchmarks/results.md, chapter 8).
 _RECIPE: dict[str, Any] = {
     "foreground_fraction": 0.5,
     # Soft Dice per tumour slice: batch Dice weighs tumours by size, and the small real tumours
