@@ -411,25 +411,26 @@ def external_results(params: Params, external_cohort: str | Path, progress: bool
 
 def conversion_check(converted: pd.DataFrame, cases: pd.DataFrame) -> pd.DataFrame:
     """Masks converted from DICOM (``dicom.convert_collection``) against the cohort's masks of
-    the same cases: whether the grids agree (shape, and the affine within 0.01 mm) and, where
-    they do, the Dice."""
-    import numpy as np
-
-    from mstt_lib.io import load_nifti
+    the same cases: whether the grids agree (``geometry.same_grid``: shape and affine) and,
+    where they do, the Dice."""
+    from mstt_lib.geometry import same_grid
+    from mstt_lib.io import load_nifti, read_volume
     from mstt_lib.metrics import dice
-    from mstt_lib.viz import load_mask
 
     reference = cases.set_index("case_id")["mask"]
     rows = []
     for row in converted.itertuples():
-        ours, theirs = load_mask(row.mask, row.case_id), load_mask(reference[row.case_id], row.case_id)
-        affines = [load_nifti(path, row.case_id).affine for path in (row.mask, reference[row.case_id])]
-        same = ours.shape == theirs.shape and bool(np.allclose(*affines, atol=0.01))
+        ours, theirs = (load_nifti(path, row.case_id) for path in (row.mask, reference[row.case_id]))
+        same = same_grid(ours.shape, ours.affine, theirs.shape, theirs.affine)
         rows.append(
             {
                 "case_id": row.case_id,
                 "same grid": same,
-                "Dice against the IBSI mask": dice(ours, theirs) if same else None,
+                "Dice against the IBSI mask": (
+                    dice(read_volume(ours, row.case_id) > 0, read_volume(theirs, row.case_id) > 0)
+                    if same
+                    else None
+                ),
             }
         )
     return pd.DataFrame(rows)

@@ -315,8 +315,8 @@ def register_cohort(
     # Cases registered before are read here: no process pool, Ray session or progress bar for
     # them (a chapter's rerun). The rest run in fresh processes, so that ANTs starts seeded and
     # single-threaded (see _seeded_ants).
-    finished = {i: _finished(job) for i, job in enumerate(jobs)}
-    pending = [job for i, job in enumerate(jobs) if finished[i] is None]
+    finished = [_finished(job) for job in jobs]
+    pending = [job for job, done in zip(jobs, finished, strict=True) if done is None]
     fresh = iter(
         map_cases(
             _register_job,
@@ -331,7 +331,7 @@ def register_cohort(
         if pending
         else []
     )
-    results = pd.DataFrame([row if row is not None else next(fresh) for row in finished.values()])
+    results = pd.DataFrame([done if done is not None else next(fresh) for done in finished])
     with atomic_path(out_dir / RESULTS_FILE) as tmp:
         results.to_csv(tmp, index=False)
 
