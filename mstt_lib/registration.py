@@ -51,6 +51,7 @@ __all__ = [
 
 TRANSFORMS = {"rigid": "Rigid", "affine": "Affine", "syn": "SyN"}
 RESULTS_FILE = "registration.csv"
+INPUTS_FILE = "inputs.json"  # the input files a case was registered from (see _finished)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,7 @@ def register_case(
     metrics["status"] = "ok" if not failures else "failed: " + "; ".join(failures)
     metrics["transforms"] = ";".join(transform_names)
     (staging / "result.json").write_text(json.dumps(metrics, indent=1))
+    (staging / INPUTS_FILE).write_text(json.dumps(_input_stamp(row), indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
     for source in {*result["fwdtransforms"], *result["invtransforms"]}:
@@ -267,11 +269,29 @@ def _residual(transform_files: list[str], truth: pd.Series, mask_image, mask: np
 # The cohort.
 
 
+def _input_stamp(row) -> dict[str, list[int] | None]:
+    """Each input file's size and modification time: a case whose files changed in place (or
+    a cohort of the same folder name) is registered again, not read from its old result."""
+    stamp = {}
+    for column in ("t1", "t2", "mask"):
+        path = row.get(column)
+        if isinstance(path, str) and path:
+            stat = os.stat(path) if os.path.isfile(path) else None  # missing: register_case says so
+            stamp[column] = None if stat is None else [stat.st_size, stat.st_mtime_ns]
+    return stamp
+
+
 def _finished(job: tuple) -> dict | None:
-    """The case's result if it was registered into this folder before (a resumed run)."""
+    """The case's result if it was registered into this folder before from the same files (a
+    resumed run or a rerun)."""
     row, out_dir, _, _ = job
-    done = Path(out_dir) / row["case_id"] / "result.json"
-    return json.loads(done.read_text()) if done.is_file() else None
+    folder = Path(out_dir) / row["case_id"]
+    done, inputs = folder / "result.json", folder / INPUTS_FILE
+    if not (done.is_file() and inputs.is_file()):
+        return None
+    if json.loads(inputs.read_text()) != _input_stamp(row):
+        return None
+    return json.loads(done.read_text())
 
 
 def _register_job(job: tuple) -> dict:

@@ -208,6 +208,30 @@ def test_an_interrupted_run_registers_only_the_cases_it_had_left_in_their_order(
     assert (again["status"] == results["status"]).all() and (partial / left / "result.json").is_file()
 
 
+def test_a_case_whose_input_file_changed_is_registered_again(registered, cases, truth, tmp_path, monkeypatch):
+    """Same case id, same folder, a new T1 (a corrected scan, or another cohort of that name):
+    its old registration must not be reused, and the other cases are not redone."""
+    out, results = registered
+    rerun = tmp_path / "rerun"
+    shutil.copytree(out, rerun)
+    changed = cases.copy()
+    case_id = changed["case_id"].iloc[0]
+    new_t1 = tmp_path / "new_t1.nii.gz"
+    shutil.copyfile(changed["t1"].iloc[0], new_t1)  # same voxels, a file written later
+    changed.loc[0, "t1"] = str(new_t1)
+    mapped, real = [], registration.map_cases
+
+    def recording(function, jobs, *args, **kwargs):
+        mapped.extend(job[0]["case_id"] for job in jobs)
+        return real(function, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(registration, "map_cases", recording)
+    again = register_cohort(changed, rerun, RegistrationSettings(), truth=truth, workers=1, progress=False)
+    assert mapped == [case_id]
+    assert list(again["case_id"]) == list(results["case_id"]) and (again["status"] == "ok").all()
+    assert json.loads((rerun / case_id / "inputs.json").read_text())["t1"][1] == new_t1.stat().st_mtime_ns
+
+
 def test_other_settings_into_the_same_folder_are_refused(registered, cases, truth):
     out, _ = registered
     settings_before = (out / "settings.json").read_text()
