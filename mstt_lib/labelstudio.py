@@ -169,7 +169,7 @@ def _to_uint8(volume: np.ndarray, lo: float, hi: float) -> np.ndarray:
     if not hi > lo:
         return np.zeros(volume.shape, dtype=np.uint8)
     scaled = (np.clip(volume, lo, hi) - lo) / (hi - lo) * 255.0
-    scaled = np.where(np.isfinite(scaled), scaled, 0.0)
+    scaled = np.where(np.isfinite(volume), scaled, 0.0)  # clip would make +inf white
     return np.rint(scaled).astype(np.uint8)
 
 

@@ -442,7 +442,7 @@ class Predictor:
         except DicomError as error:
             return (
                 pd.DataFrame(columns=["case_id", "t1", "t2"]),
-                [CaseProblem(case_id, str(error.path), error.problem)],
+                [CaseProblem(case_id, error.problem, error.path)],
                 None,
             )
         cases, problems = _checked(pd.DataFrame([row]), self.settings.modalities)

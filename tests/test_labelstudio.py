@@ -125,6 +125,17 @@ def test_png_pixel_is_the_documented_voxel(tmp_path, case):
     assert sidecar["plane"] == "axial" and sidecar["flip"] is False and len(sidecar["image_sha256"]) == 64
 
 
+def test_non_finite_voxels_are_black_in_the_png_as_documented(tmp_path):
+    volume = _volume()
+    volume[30, 2, 0], volume[30, 3, 0], volume[30, 4, 0] = np.inf, -np.inf, np.nan
+    image = save_nifti(volume, AFFINE, tmp_path / "src" / "t2.nii.gz", dtype=np.float32)
+    out = tmp_path / "ls"
+    export_volume(image, out, CASE)
+    png = np.asarray(Image.open(out / f"{CASE}_T2_axial_001.png"))
+    assert list(png[2:5, 30]) == [0, 0, 0]  # PNG row = axis 1, column = axis 0
+    assert png[5, 30] > 0  # the finite neighbour keeps its grey
+
+
 def test_pre_annotations_are_label_studio_rle(tmp_path, case):
     _, tasks = _export(tmp_path, case)
     mask = _mask()

@@ -272,6 +272,17 @@ def test_a_dicom_seg_needs_dicom_input_and_t1_t2_dicom_needs_two_series(cohort, 
         both.predict_folder(tmp_path / "one_series", tmp_path / "out2")
 
 
+def test_a_damaged_dicom_file_is_the_cases_status_naming_the_problem_then_the_file(tmp_path):
+    series_dir = tmp_path / "STS_902"
+    make_series(series_dir, n=4)
+    damaged = sorted(series_dir.iterdir())[1]
+    damaged.write_bytes(b"")
+    run = _run(tmp_path / "run", modalities=("T1",))
+    predictor = Predictor(device="cpu", progress=False).load_runs([run])
+    table = predictor.predict_folder(series_dir, tmp_path / "out")
+    assert list(table["status"]) == [f"error: case STS_902: not a DICOM file (empty file) ({damaged})"]
+
+
 def _plans_run(tmp_path):
     run = _run(tmp_path / "t1t2run")
     _plans(run, RegistrationSettings())
