@@ -7,7 +7,7 @@ is the project's own phantom (mstt_lib.phantom: anatomy, bias field, Rician nois
 resampled onto the T2 grid as the book does) with its ground truth and a made-up
 prediction, so the images compress as a real noisy scan would, not as a constant image.
 The render time is from navigation start to the viewer's ``data-ready="1"`` in headless
-Chromium (flags of tests/test_browser.py), median of 5 loads. With _build/html present,
+Chromium (tests/browser_helpers.py), median of 5 loads. With _build/html present,
 the built book's total size and its largest page (HTML plus the _images it references)
 are added.
 """
@@ -18,8 +18,8 @@ import argparse
 import contextlib
 import functools
 import http.server
-import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -34,20 +34,11 @@ from scipy import ndimage
 
 from mstt_lib import phantom, viz
 
+sys.path.insert(0, str(ROOT / "tests"))
+from browser_helpers import MISSING, chromium_found, headless_chromium  # noqa: E402
+
 BUILT = ROOT / "_build" / "html"
 LOADS = 5
-FLAGS = (  # as tests/test_browser.py
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--window-size=1400,1000",
-)
 # Installed before any page script: notes when a viewer first reports data-ready="1".
 READY_PROBE = """
 window.__viewerReady = null;
@@ -114,22 +105,12 @@ def serve(directory: Path):
 
 @contextlib.contextmanager
 def chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (binary and driver):
-        raise SystemExit("Debian's chromium and chromium-driver are needed: `make browser-deps`")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in FLAGS:
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(driver), options=options)
-    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": READY_PROBE})
-    try:
+    """Headless Chromium (tests/browser_helpers.py) that notes when a viewer is ready."""
+    if not chromium_found():
+        raise SystemExit(MISSING)
+    with headless_chromium() as browser:
+        browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": READY_PROBE})
         yield browser
-    finally:
-        browser.quit()
 
 
 def render_times(browser, url: str, loads: int = LOADS) -> list[float]:

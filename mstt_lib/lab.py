@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -56,11 +57,21 @@ def register_kernel(prefix: str | Path | None = None) -> Path:
     The default prefix is this environment's (``--sys-prefix``): the kernel
     travels with the venv and no user-wide Jupyter folder is touched.
     """
-    from ipykernel.kernelspec import install
+    from ipykernel.kernelspec import write_kernel_spec
+    from jupyter_client.kernelspec import KernelSpecManager
 
-    target = install(
-        kernel_name=KERNEL_NAME, display_name=KERNEL_DISPLAY_NAME, prefix=str(prefix or sys.prefix)
-    )
+    # ipykernel's own install() stages the spec in a tempfile.mkdtemp() folder that it leaves
+    # behind (empty) in /tmp; this stages it in a folder that is removed, with install()'s
+    # settings (-Xfrozen_modules=off, as install() sets by default).
+    with tempfile.TemporaryDirectory(prefix="mstt-kernel-") as scratch:
+        spec = write_kernel_spec(
+            Path(scratch) / KERNEL_NAME,
+            overrides={"display_name": KERNEL_DISPLAY_NAME},
+            python_arguments=["-Xfrozen_modules=off"],
+        )
+        target = KernelSpecManager().install_kernel_spec(
+            spec, kernel_name=KERNEL_NAME, prefix=str(prefix or sys.prefix)
+        )
     return Path(target)
 
 

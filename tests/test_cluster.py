@@ -287,7 +287,9 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_project, tmp_
     first checkpoint and started again: it resumes."""
     root, cohort = tiny_project
     values = {**TINY_RUN, "cohort": str(cohort), "lr": 1e-4, "n_folds": 2, "epochs": 3}
-    env = library_environment()
+    system_tmp = tmp_path / "system-tmp"  # torchrun's default log folder would go here
+    system_tmp.mkdir()
+    env = {**library_environment(), "TMPDIR": str(system_tmp)}
     one_work, two_work = tmp_path / "one", tmp_path / "two"
     one_command = _train_command({**values, "work_dir": str(one_work)}, [])
     two_command = _train_command({**values, "work_dir": str(two_work)}, ["--devices", "2"])
@@ -318,8 +320,9 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_project, tmp_
     assert np.allclose(two["val_dice"], one["val_dice"], atol=0.02), (one, two)
     assert json.loads((two_run / "run.json").read_text())["processes"] == 2
     assert "processes" not in json.loads((one_run / "run.json").read_text())
-    # only rank 0 wrote: no stray temporary files beside the run's
+    # only rank 0 wrote: no stray temporary files beside the run's, and nothing outside work_dir
     assert not [p.name for p in two_run.iterdir() if p.name.startswith(".")]
+    assert not list(system_tmp.glob("torchelastic_*"))
 
 
 ONE_STEP = """
@@ -355,6 +358,7 @@ def test_a_data_parallel_step_equals_the_single_process_step_in_float64(tmp_path
     script = tmp_path / "step.py"
     script.write_text(ONE_STEP)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += [f"--log-dir={os.devnull}"]
     command += [str(script), str(tmp_path / "two.pt")]
     result = subprocess.run(command, env=library_environment(), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import psutil
 import pytest
+from browser_helpers import MISSING, chromium_found, headless_chromium
 
 from mstt_lib import lab
 from mstt_lib.geometry import PLANES
@@ -28,9 +29,15 @@ DEMO = ROOT / "notebooks" / "live_viewer_demo.ipynb"
 
 
 def test_register_kernel_writes_a_spec_of_this_python_that_papermill_runs(tmp_path, monkeypatch):
+    import tempfile
+
     from jupyter_client.kernelspec import KernelSpecManager
 
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     folder = lab.register_kernel(tmp_path / "prefix")
+    assert not list(system_tmp.iterdir())  # ipykernel's install() would leave its staging folder
     assert folder == tmp_path / "prefix" / "share" / "jupyter" / "kernels" / lab.KERNEL_NAME
     spec = json.loads((folder / "kernel.json").read_text())
     assert spec["argv"][0] == sys.executable and spec["display_name"] == lab.KERNEL_DISPLAY_NAME
@@ -165,29 +172,10 @@ def test_lab_refuses_to_run_when_a_config_overrides_its_token(tmp_path, token, m
 
 @pytest.fixture
 def chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (binary and driver):
-        pytest.fail("Debian's chromium and chromium-driver are needed: `make browser-deps`")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-    ):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(driver), options=options)
-    yield browser
-    browser.quit()
+    if not chromium_found():
+        pytest.fail(MISSING)
+    with headless_chromium() as browser:
+        yield browser
 
 
 def _wait(browser, script, *args, timeout=60):

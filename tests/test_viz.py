@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from browser_helpers import MISSING, chromium_found, headless_chromium
 
 from mstt_lib import viz
 from mstt_lib.geometry import PLANE_AXIS, PLANES, display_slice
@@ -346,24 +347,6 @@ def test_live_case_viewer_shows_a_case_in_ras_with_its_title(tmp_path):
     )
 
 
-def _chromium():
-    import shutil
-
-    pytest.importorskip("selenium")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("Debian's chromium and chromium-driver are needed (`make browser-deps`)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.add_argument("--disable-background-networking")
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 CANVAS_RGB = """
 const c = arguments[0], d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
 return [c.width, c.height, Array.from(d)];"""
@@ -380,8 +363,10 @@ def test_static_viewer_in_chromium_draws_the_planes_render_plane_draws(tmp_path)
     page.write_text(
         "<!doctype html><meta charset='utf-8'><body>" + viz.slice_viewer(images, (1, 1, 3), masks).data
     )
-    browser = _chromium()
-    try:
+    pytest.importorskip("selenium")
+    if not chromium_found():
+        pytest.skip(MISSING)
+    with headless_chromium() as browser:
         browser.get(page.as_uri())
         WebDriverWait(browser, 20).until(
             lambda b: b.execute_script(
@@ -402,8 +387,6 @@ def test_static_viewer_in_chromium_draws_the_planes_render_plane_draws(tmp_path)
                 expected = viz.render_plane(volume, list(masks.values()), plane, index)
                 assert _painted(expected).any(), plane
                 np.testing.assert_array_equal(drawn, expected, err_msg=f"{plane}, image {modality}")
-    finally:
-        browser.quit()
 
 
 def test_wrappable_headers_have_spaces_where_underscores_were():
