@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mstt_lib.infer import set_inference_threads, write_prediction
-from mstt_lib.io import atomic_path, load_nifti, read_volume
+from mstt_lib.io import atomic_path, load_nifti, read_volume, short_digest
 from mstt_lib.metrics import dice, evaluate_case
 from mstt_lib.slices import PLANES, SliceCache
 
@@ -33,6 +33,19 @@ METRICS_FILE = "metrics.csv"
 INFERENCE_VERSION = 3
 """Of ``mstt_lib.infer``'s results: 2 is whole slices (no crop to ``image_size``), skipped empty
 slices; 3 pads a slice smaller than the run's training crops to their side."""
+
+
+def weights_stamp(run_dirs: Sequence[str | os.PathLike]) -> str:
+    """Which weights scored a row: each run's ``model.pt`` by name, size and modification time."""
+    files = [Path(d) / "model.pt" for d in run_dirs]  # a missing one: load_runs says which
+    return short_digest([(f.parent.name, *_size_and_time(f)) for f in files])
+
+
+def _size_and_time(path: Path) -> tuple[int, int] | tuple[None, None]:
+    if not path.is_file():
+        return None, None
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def evaluate_run(
@@ -56,7 +69,9 @@ def evaluate_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / METRICS_FILE
     rows = pd.read_csv(metrics_file).to_dict("records") if metrics_file.is_file() else []
-    rows = [r for r in rows if r.get("inference") == INFERENCE_VERSION]  # older inference: again
+    weights = weights_stamp(run_dirs)
+    # older inference, or weights retrained since (a continued run keeps its folder): again
+    rows = [r for r in rows if r.get("inference") == INFERENCE_VERSION and r.get("weights") == weights]
     done = {r["case_id"] for r in rows}
     todo = [r for r in cases.to_dict("records") if r["case_id"] not in done]
     if todo:  # the models load only for cases not scored yet: a rerun of a chapter reads the table
@@ -89,6 +104,7 @@ def evaluate_run(
                 "dice_iso": dice(logits > 0, np.asarray(mask_iso) > 0),
                 "seconds": seconds,
                 "inference": INFERENCE_VERSION,
+                "weights": weights,
                 **{f"seconds_{plane}": t for plane, t in timings.items()},
             }
         )

@@ -389,15 +389,16 @@ def external_results(params: Params, external_cohort: str | Path, progress: bool
     """Each model's fold runs (every member), averaged, scored on an external cohort (``domain`` "external").
 
     Predictions and scores go to ``<work_dir>/evaluation/<cohort>/external-<model>-<hash>``,
-    the hash naming the runs, the external cohort, the TTA and the planes.
+    the hash naming the runs and their weights, the external cohort, the TTA and the planes.
     """
-    from mstt_lib.evaluate import evaluate_external
+    from mstt_lib.evaluate import evaluate_external, weights_stamp
 
     slice_cache(params, progress=progress)  # built here, with its progress bar, if missing
     scores = []
     for name in params.models:
         runs = run_dirs(params, [name])  # every fold's members
         what = [[r.name for r in runs], str(Path(external_cohort).resolve()), params.tta, params.planes]
+        what.append(weights_stamp(runs))  # a run continued in its folder predicts anew
         out = (
             runs[0].parent.parent.parent
             / "evaluation"

@@ -87,6 +87,21 @@ def test_t1_only_cases_train_score_and_predict_with_three_channels(ibsi_cohort, 
     assert predicted.shape == (24, 20, 8)
 
 
+def test_a_run_continued_in_its_folder_is_scored_again_not_read_from_the_old_table(ibsi_cohort, tmp_path):
+    """A constant-rate run given more epochs trains on in the same folder (``_epochs_continue``):
+    its evaluation folder is the same too, and the old weights' scores must not be reused."""
+    params = _params(ibsi_cohort, tmp_path / "work").replace(schedule="constant")
+    first = pipeline.cross_validation_results(params, progress=False)
+    probability = first["prediction"][0].replace(".nii.gz", "_probability.nii.gz")
+    before = nib.load(probability).get_fdata()
+    more = pipeline.cross_validation_results(params.replace(epochs=2), progress=False)
+    [run] = (tmp_path / "work" / "runs").rglob("unet-fold0-*")  # one folder: the run went on
+    assert json.loads((run / "run.json").read_text())["epochs"] == 2
+    assert more["prediction"][0] == first["prediction"][0]
+    assert not np.array_equal(nib.load(probability).get_fdata(), before)  # predicted by the new weights
+    assert more["weights"][0] != first["weights"][0]  # and the table says which weights scored it
+
+
 def test_variants_of_a_set_are_scored_as_one_averaged_model(ibsi_cohort, tmp_path):
     params = _params(ibsi_cohort, tmp_path / "work")
     instance = params.replace(norm="instance", seed=1)
