@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from mstt_lib.ensemble import weights_stamp
 from mstt_lib.infer import set_inference_threads, write_prediction
-from mstt_lib.io import atomic_path, load_nifti, read_volume, short_digest
+from mstt_lib.io import atomic_path, load_nifti, read_volume
 from mstt_lib.metrics import dice, evaluate_case
 from mstt_lib.slices import PLANES, SliceCache
 
@@ -33,19 +34,6 @@ METRICS_FILE = "metrics.csv"
 INFERENCE_VERSION = 3
 """Of ``mstt_lib.infer``'s results: 2 is whole slices (no crop to ``image_size``), skipped empty
 slices; 3 pads a slice smaller than the run's training crops to their side."""
-
-
-def weights_stamp(run_dirs: Sequence[str | os.PathLike]) -> str:
-    """Which weights scored a row: each run's ``model.pt`` by name, size and modification time."""
-    files = [Path(d) / "model.pt" for d in run_dirs]  # a missing one: load_runs says which
-    return short_digest([(f.parent.name, *_size_and_time(f)) for f in files])
-
-
-def _size_and_time(path: Path) -> tuple[int, int] | tuple[None, None]:
-    if not path.is_file():
-        return None, None
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
 
 
 def evaluate_run(

@@ -391,7 +391,8 @@ def external_results(params: Params, external_cohort: str | Path, progress: bool
     Predictions and scores go to ``<work_dir>/evaluation/<cohort>/external-<model>-<hash>``,
     the hash naming the runs and their weights, the external cohort, the TTA and the planes.
     """
-    from mstt_lib.evaluate import evaluate_external, weights_stamp
+    from mstt_lib.ensemble import weights_stamp
+    from mstt_lib.evaluate import evaluate_external
 
     slice_cache(params, progress=progress)  # built here, with its progress bar, if missing
     scores = []

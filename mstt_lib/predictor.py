@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from mstt_lib.cohort import CaseProblem, CohortError, read_cases, read_cohort, validate_cases
 from mstt_lib.engines import default_engine, map_cases
-from mstt_lib.ensemble import ENSEMBLE_FILE, resolve_runs
+from mstt_lib.ensemble import ENSEMBLE_FILE, resolve_runs, weights_stamp
 from mstt_lib.infer import load_run, predict_volume, set_inference_threads, to_native, write_prediction
 from mstt_lib.io import atomic_path, describe_error, save_nifti
 from mstt_lib.plans import read_plans, registration_from_plans
@@ -466,15 +466,7 @@ class Predictor:
             probability, mask = self.to_grid(
                 logits, case["affine"], case["native_shape"], case["native_affine"]
             )
-            meta = {
-                "runs": [str(d) for d in self.run_dirs],
-                "tta": self.tta,
-                "planes": list(self.planes),
-                "postprocessing": self.postprocessing.kind,
-                "threshold": self.postprocessing.threshold,
-                "registration": None if self.registration is None else self.registration.key(),
-                "seconds_per_plane": timings,
-            }
+            meta = {**self._made_by(), "seconds_per_plane": timings}
             write_prediction(output_dir, case_id, probability, case["native_affine"], meta, mask=mask)
             if dicom_source:
                 from mstt_lib.dicom.seg import write_seg
@@ -494,6 +486,18 @@ class Predictor:
             {stage: round(float(value), 3) for stage, value in stages.items()},
         )
 
+    def _made_by(self) -> dict:
+        """What a case's prediction follows from, recorded beside it (``<case>.json``)."""
+        return {
+            "runs": [str(d) for d in self.run_dirs],
+            "weights": weights_stamp(self.run_dirs),
+            "tta": self.tta,
+            "planes": list(self.planes),
+            "postprocessing": self.postprocessing.kind,
+            "threshold": self.postprocessing.threshold,
+            "registration": None if self.registration is None else self.registration.key(),
+        }
+
     def _predict_cases(
         self,
         cases: pd.DataFrame,
@@ -507,9 +511,19 @@ class Predictor:
         output_dir = _writable_folder(Path(output_dir).resolve())
         settings = self.settings
 
+        made_by = self._made_by()
+
         def finished(case_id: str) -> bool:
+            """Written earlier by these runs' weights with these settings (else predicted again)."""
             wanted = [f"{case_id}.nii.gz"] + ([f"{case_id}_seg.dcm"] if dicom_sources else [])
-            return all((output_dir / name).is_file() for name in wanted)
+            record = output_dir / f"{case_id}.json"
+            if not (record.is_file() and all((output_dir / name).is_file() for name in wanted)):
+                return False
+            try:
+                earlier = json.loads(record.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                return False
+            return all(earlier.get(key) == value for key, value in made_by.items())
 
         done = {c for c in cases["case_id"] if finished(c)}
         todo = cases[~cases["case_id"].isin(done)].assign(mask=None)

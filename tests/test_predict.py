@@ -61,6 +61,14 @@ def test_predictions_are_written_on_each_cases_native_t2_grid_and_reruns_skip_th
     again = predict_folder([run_dir], cohort, out, workers=1, progress=False)
     assert (again["status"] == "done earlier").all()
     assert pd.read_csv(out / "predictions.csv")["case_id"].tolist() == sorted(cases["case_id"])
+    # what the files were made with is in <case>.json: other settings, or weights trained on in
+    # the run's folder, predict again instead of passing the old files off as "done earlier"
+    other = predict_folder([run_dir], cohort, out, tta="none", workers=1, progress=False)
+    assert other["status"].str.startswith("ok").all(), other
+    model = run_dir / "model.pt"
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))
+    retrained = predict_folder([run_dir], cohort, out, tta="none", workers=1, progress=False)
+    assert retrained["status"].str.startswith("ok").all(), retrained
 
 
 def test_an_nnunet_style_image_folder_and_an_ensemble_work_from_the_command_line(run_dir, cohort, tmp_path):
@@ -137,7 +145,7 @@ def test_predictions_csv_lists_each_cases_seconds_per_stage(run_dir, cohort, tmp
     assert [f"seconds_{s}" for s in STAGES] == [c for c in table if c.startswith("seconds_")]
     for stage in STAGES:  # T1 and T2: registered, so every stage took time
         assert (table[f"seconds_{stage}"] > 0).all(), stage
-    again = predict_folder([run_dir], cohort, out, workers=1, progress=False)
+    again = predict_folder([run_dir], cohort, out, tta="none", planes=("axial",), workers=1, progress=False)
     assert again["seconds_infer"].isna().all()  # done earlier: nothing measured now
 
 
