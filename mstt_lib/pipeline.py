@@ -217,10 +217,20 @@ def splits(params: Params, cases: pd.DataFrame) -> list[dict[str, list[str]]]:
     from mstt_lib.folds import ensure_splits
 
     digest = short_digest(sorted(cases["case_id"]))
-    path = params.work_dir / "splits" / f"{cohort_dir(params).name}-{len(cases)}cases-{digest}.json"
-    if params.fold_scheme != "stratified":
-        path = path.with_name(path.stem + f"-{params.fold_scheme}.json")
-    return ensure_splits(cases, path, params.n_folds, params.fold_seed, params.fold_scheme)
+    name = f"{cohort_dir(params).name}-{len(cases)}cases-{digest}{_folds_suffix(params)}.json"
+    return ensure_splits(
+        cases, params.work_dir / "splits" / name, params.n_folds, params.fold_seed, params.fold_scheme
+    )
+
+
+def _folds_suffix(params: Params) -> str:
+    """How the folds were dealt, where it is not the default (5 stratified folds, seed 42): in the
+    splits file's name and in every fold run's, so that other folds never reuse a run that
+    trained on their validation cases."""
+    suffix = "" if params.fold_scheme == "stratified" else f"-{params.fold_scheme}"
+    if (params.n_folds, params.fold_seed) != (5, 42):
+        suffix += f"-{params.n_folds}folds-seed{params.fold_seed}"
+    return suffix
 
 
 def train_settings(params: Params, model: str, fold: int | None):
@@ -272,15 +282,32 @@ def run_dir(params: Params, model: str, fold: int | None, cache) -> Path:
     from mstt_lib.models import DECODER_CHANNELS
 
     settings = asdict(train_settings(params, model, fold))
-    if _epochs_continue(settings):
-        settings.pop("epochs")
+    continued = _epochs_continue(settings)
+    epochs = settings.pop("epochs") if continued else None
     if settings["decoder_channels"] == DECODER_CHANNELS:  # runs made before it was a setting keep their names
         settings.pop("decoder_channels")
     if settings["norm"] == "batch":  # likewise
         settings.pop("norm")
     settings["cache"] = Path(cache.folder).name
+    if fold is not None and _folds_suffix(params):  # default folds: the names runs always had
+        settings["folds"] = _folds_suffix(params)
     name = f"{model}-all" if fold is None else f"{model}-fold{fold}"
-    return params.work_dir / "runs" / cohort_dir(params).name / f"{name}-{short_digest(settings)}"
+    folder = params.work_dir / "runs" / cohort_dir(params).name / f"{name}-{short_digest(settings)}"
+    if continued and _trained_epochs(folder) > epochs:
+        # The continued run went past the epochs asked (-p epochs 8, then the set's 5): weights
+        # cannot go back, so fewer epochs are a run of their own, named with its epochs.
+        folder = folder.with_name(f"{name}-{short_digest({**settings, 'epochs': epochs})}")
+    return folder
+
+
+def _trained_epochs(folder: Path) -> int:
+    """The epochs a finished run trained (0 while none has finished)."""
+    import json
+
+    record = folder / "run.json"
+    if not ((folder / "model.pt").is_file() and record.is_file()):
+        return 0
+    return int(json.loads(record.read_text()).get("epochs", 0))
 
 
 def train_run(params: Params, model: str, fold: int | None, cache=None, progress: bool = True) -> Path:

@@ -32,6 +32,40 @@ def test_more_epochs_at_a_constant_rate_continue_the_finished_run(tmp_path):
     assert _needs_training(folder, train_settings(more, "unet", 0))
     poly = get_params("smoke", work_dir=str(tmp_path))
     assert not _needs_training(folder, train_settings(poly.replace(epochs=99), "unet", 0))
+    # once it went on to more epochs, the fewer-epoch set is a run of its own (weights cannot go back)
+    (folder / "run.json").write_text(json.dumps({"epochs": more.epochs}))
+    assert run_dir(more, "unet", 0, cache) == folder and not _needs_training(
+        folder, train_settings(more, "unet", 0)
+    )
+    fewer = run_dir(constant, "unet", 0, cache)
+    assert fewer != folder and fewer.parent == folder.parent and fewer.name.startswith("unet-fold0-")
+    assert _needs_training(fewer, train_settings(constant, "unet", 0))
+
+
+def test_other_folds_are_other_runs_and_the_default_folds_keep_older_run_names(tmp_path):
+    cache = SimpleNamespace(folder=str(tmp_path / "cache" / "0123"))
+    params = get_params("smoke", work_dir=str(tmp_path))
+    folder = run_dir(params, "unet", 0, cache)
+    assert folder.name == "unet-fold0-" + _digest_without(params, cache, "norm")
+    others = [params.replace(fold_seed=1), params.replace(n_folds=3), params.replace(fold_scheme="kfold")]
+    names = {run_dir(other, "unet", 0, cache) for other in others}
+    assert folder not in names and len(names) == 3
+    assert run_dir(params.replace(fold_seed=1), "unet", None, cache) == run_dir(params, "unet", None, cache)
+
+
+def test_a_fold_seed_or_count_of_its_own_deals_its_own_splits_file(tmp_path):
+    import pandas as pd
+
+    from mstt_lib.pipeline import splits
+
+    cases = pd.DataFrame({"case_id": [f"C{i:02d}" for i in range(12)], "tissue": ["lipoma"] * 12})
+    params = get_params("smoke", work_dir=str(tmp_path))
+    default, reseeded, three = (
+        splits(p, cases) for p in (params, params.replace(fold_seed=1), params.replace(n_folds=3))
+    )
+    assert len(list((tmp_path / "splits").glob("*.json"))) == 3
+    assert reseeded != default and len(three) == 3 and len(default) == 5
+    assert splits(params, cases) == default  # the default's file, read back
 
 
 def test_the_run_on_every_case_has_its_own_name_and_settings(tmp_path):
