@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from mstt_lib.ensemble import weights_stamp
-from mstt_lib.infer import set_inference_threads, write_prediction
+from mstt_lib.infer import INFERENCE_VERSION, set_inference_threads, write_prediction
 from mstt_lib.io import atomic_path, load_nifti, read_volume
 from mstt_lib.metrics import dice, evaluate_case
 from mstt_lib.slices import PLANES, SliceCache
@@ -31,7 +31,6 @@ from mstt_lib.slices import PLANES, SliceCache
 __all__ = ["evaluate_run", "METRICS_FILE", "INFERENCE_VERSION"]
 
 METRICS_FILE = "metrics.csv"
-INFERENCE_VERSION = 3
 """Of ``mstt_lib.infer``'s results: 2 is whole slices (no crop to ``image_size``), skipped empty
 slices; 3 pads a slice smaller than the run's training crops to their side."""
 

@@ -55,6 +55,7 @@ from mstt_lib.models import DECODER_CHANNELS, build_model
 from mstt_lib.slices import CacheSettings, sample_25d
 
 __all__ = [
+    "INFERENCE_VERSION",
     "TTA_MODES",
     "EMPTY_LOGIT",
     "DEFAULT_MAX_PIXELS",
@@ -73,6 +74,8 @@ __all__ = [
     "write_prediction",
 ]
 
+INFERENCE_VERSION = 3
+"""Raised when inference changes what it predicts: scores and predictions of an older one are redone."""
 TTA_MODES = ("none", "paper", "all8")
 EMPTY_LOGIT = -20.0
 """Logit of a slice that holds no body (and was therefore not run through the model)."""

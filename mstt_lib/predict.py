@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         required=True,
         help="where <case>.nii.gz, <case>_probability.nii.gz and predictions.csv go; "
-        "cases already there from the same runs and settings are skipped",
+        "cases already there from the same inputs, runs and settings are skipped",
     )
     parser.add_argument(
         "--tta",

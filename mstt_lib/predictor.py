@@ -39,8 +39,15 @@ from tqdm import tqdm
 from mstt_lib.cohort import CaseProblem, CohortError, read_cases, read_cohort, validate_cases
 from mstt_lib.engines import default_engine, map_cases
 from mstt_lib.ensemble import ENSEMBLE_FILE, resolve_runs, weights_stamp
-from mstt_lib.infer import load_run, predict_volume, set_inference_threads, to_native, write_prediction
-from mstt_lib.io import atomic_path, describe_error, save_nifti
+from mstt_lib.infer import (
+    INFERENCE_VERSION,
+    load_run,
+    predict_volume,
+    set_inference_threads,
+    to_native,
+    write_prediction,
+)
+from mstt_lib.io import atomic_path, describe_error, save_nifti, short_digest
 from mstt_lib.plans import read_plans, registration_from_plans
 from mstt_lib.postprocess import Choice, binarize
 from mstt_lib.slices import PLANES, preprocess_read, read_case
@@ -420,20 +427,22 @@ class Predictor:
             cases, problems = read_input(input_dir, self.settings.modalities)
             return self._predict_cases(cases, problems, output_dir)
         case_id = Path(input_dir).resolve().name
-        cases, problems, source = self._read_dicom(series, case_id, output_dir)
-        return self._predict_cases(cases, problems, output_dir, source if dicom_seg else None)
+        cases, problems, source, read_files = self._read_dicom(series, case_id, output_dir)
+        return self._predict_cases(cases, problems, output_dir, source if dicom_seg else None, read_files)
 
     def _read_dicom(self, series: dict[str, Path], case_id: str, output_dir: Path):
-        """Each modality's series as NIfTI in ``<output>/.dicom/``; (cases, problems, reference series)."""
+        """Each modality's series as NIfTI in ``<output>/.dicom/``; (cases, problems, reference
+        series, every file read)."""
         from mstt_lib.dicom import DicomError, read_series
 
         folder = output_dir / ".dicom"
         row: dict = {"case_id": case_id, "t1": None, "t2": None}
         reference = "T2" if "T2" in series else "T1"
-        source = None
+        source, read_files = None, []
         try:
             for modality, series_dir in series.items():
                 read = read_series(series_dir, case_id)
+                read_files += read.files
                 path = folder / f"{case_id}_{modality.lower()}.nii.gz"
                 save_nifti(read.data, read.affine, path, dtype=np.float32)
                 row[modality.lower()] = str(path)
@@ -444,9 +453,10 @@ class Predictor:
                 pd.DataFrame(columns=["case_id", "t1", "t2"]),
                 [CaseProblem(case_id, error.problem, error.path)],
                 None,
+                None,
             )
         cases, problems = _checked(pd.DataFrame([row]), self.settings.modalities)
-        return cases, problems, {case_id: source}
+        return cases, problems, {case_id: source}, {case_id: read_files}
 
     def _predict_row(
         self, row: dict, output_dir: Path, register_seconds: float, dicom_source: list[Path] | None
@@ -466,7 +476,7 @@ class Predictor:
             probability, mask = self.to_grid(
                 logits, case["affine"], case["native_shape"], case["native_affine"]
             )
-            meta = {**self._made_by(), "seconds_per_plane": timings}
+            meta = {**self._made_by(), "inputs": row["inputs"], "seconds_per_plane": timings}
             write_prediction(output_dir, case_id, probability, case["native_affine"], meta, mask=mask)
             if dicom_source:
                 from mstt_lib.dicom.seg import write_seg
@@ -496,6 +506,7 @@ class Predictor:
             "postprocessing": self.postprocessing.kind,
             "threshold": self.postprocessing.threshold,
             "registration": None if self.registration is None else self.registration.key(),
+            "inference": INFERENCE_VERSION,
         }
 
     def _predict_cases(
@@ -504,6 +515,7 @@ class Predictor:
         problems: list[CaseProblem],
         output_dir: Path,
         dicom_sources: dict[str, list[Path]] | None = None,
+        input_files: dict[str, list[Path]] | None = None,
     ) -> pd.DataFrame:
         from mstt_lib.registration import register_cohort
 
@@ -512,6 +524,14 @@ class Predictor:
         settings = self.settings
 
         made_by = self._made_by()
+        # a case's input files by size and time (a DICOM case: its series' files): another
+        # scan under the same case id is segmented again, not served the earlier one's mask
+        inputs = {
+            row["case_id"]: _files_stamp(
+                (input_files or {}).get(row["case_id"]) or [row.get("t1"), row.get("t2")]
+            )
+            for row in cases.to_dict("records")
+        }
 
         def finished(case_id: str) -> bool:
             """Written earlier by these runs' weights with these settings (else predicted again)."""
@@ -523,7 +543,8 @@ class Predictor:
                 earlier = json.loads(record.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
                 return False
-            return all(earlier.get(key) == value for key, value in made_by.items())
+            made = {**made_by, "inputs": inputs[case_id]}
+            return all(earlier.get(key) == value for key, value in made.items())
 
         done = {c for c in cases["case_id"] if finished(c)}
         todo = cases[~cases["case_id"].isin(done)].assign(mask=None)
@@ -543,7 +564,10 @@ class Predictor:
                 {r.case_id: f"registration {r.status}" for r in quality.itertuples() if r.status != "ok"}
             )
             todo = read_cohort(folder)[0] if (quality["status"] == "ok").any() else todo.iloc[:0]
-        rows = [{**row, "native": native[row["case_id"]]} for row in todo.to_dict("records")]
+        rows = [
+            {**row, "native": native[row["case_id"]], "inputs": inputs[row["case_id"]]}
+            for row in todo.to_dict("records")
+        ]
         sources = dicom_sources or {}
         if default_engine() == "ray" and len(rows) > 1:
             # One Ray task per case; each worker loads the runs once (``_predict_job``).
@@ -573,6 +597,17 @@ class Predictor:
         with atomic_path(output_dir / "predictions.csv") as tmp:
             table.to_csv(tmp, index=False)
         return table
+
+
+def _files_stamp(paths) -> str:
+    """Which files (by path, size and modification time) a prediction was made from."""
+    stamp = []
+    for path in (str(p) for p in paths if isinstance(p, (str, os.PathLike)) and str(p)):
+        stat = os.stat(path) if os.path.isfile(path) else None
+        stamp.append(
+            (path, None if stat is None else stat.st_size, None if stat is None else stat.st_mtime_ns)
+        )
+    return short_digest(stamp)
 
 
 _WORKER_PREDICTORS: dict[tuple, Predictor] = {}

@@ -71,6 +71,30 @@ def test_predictions_are_written_on_each_cases_native_t2_grid_and_reruns_skip_th
     assert retrained["status"].str.startswith("ok").all(), retrained
 
 
+def test_another_scan_under_the_same_case_id_is_segmented_again(run_dir, cohort, tmp_path):
+    """A new patient's images dropped into the input folder under an old case id must not be
+    served the earlier scan's mask as "done earlier"."""
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    first, second = pd.read_csv(cohort / "cohort.csv").itertuples()
+    for case in (first, second):
+        shutil.copy(cohort / case.t1, images / f"{case.case_id}_0000.nii.gz")
+        shutil.copy(cohort / case.t2, images / f"{case.case_id}_0001.nii.gz")
+    settings = dict(tta="none", planes=("axial",), workers=1, progress=False)
+    assert predict_folder([run_dir], images, out, **settings)["status"].str.startswith("ok").all()
+
+    def probability(case_id):
+        return nib.load(out / f"{case_id}_probability.nii.gz").get_fdata()
+
+    before = probability(first.case_id)
+    shutil.copy(cohort / second.t1, images / f"{first.case_id}_0000.nii.gz")  # the second scan, renamed
+    shutil.copy(cohort / second.t2, images / f"{first.case_id}_0001.nii.gz")
+    again = predict_folder([run_dir], images, out, **settings).set_index("case_id")["status"]
+    assert again[first.case_id].startswith("ok") and again[second.case_id] == "done earlier"
+    assert np.array_equal(probability(first.case_id), probability(second.case_id))  # the second scan's
+    assert not np.array_equal(probability(first.case_id), before)
+
+
 def test_an_nnunet_style_image_folder_and_an_ensemble_work_from_the_command_line(run_dir, cohort, tmp_path):
     images = tmp_path / "images"
     images.mkdir()
