@@ -691,7 +691,11 @@ def cohort_statistics(params: Params, cases: pd.DataFrame, progress: bool = True
     ]
     path = params.work_dir / "statistics" / f"{cohort_dir(params).name}-{short_digest(stamp)}.csv"
     if path.is_file():
-        return pd.read_csv(path)
+        # the measures follow the files (the stamp); the labels are the case table's now, so a
+        # corrected tissue or site regroups every figure without measuring again
+        labels = [c for c in ("tissue", "site", "diagnosis", "annotation_modality") if c in cases]
+        measured = pd.read_csv(path).drop(columns=labels, errors="ignore")
+        return cases[["case_id", *labels]].merge(measured, on="case_id")
     statistics = tumour_statistics(cases, progress=progress, workers=params.workers)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -4,6 +4,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from mstt_lib.params import get_params
 from mstt_lib.pipeline import _needs_training, run_dir, train_settings
 
@@ -184,3 +186,27 @@ def test_the_sets_share_the_default_synthetic_cohort_and_other_phantoms_get_thei
     assert cohort_dir(get_params("cpu", data_dir=tmp_path, n_cases=10)) == cohort_dir(
         get_params("smoke", data_dir=tmp_path, n_cases=10)
     )
+
+
+def test_cohort_statistics_measure_once_and_take_the_labels_from_the_case_table_now(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from mstt_lib import analysis
+    from mstt_lib.pipeline import cohort_statistics
+
+    box = (slice(2, 6), slice(2, 6), slice(2, 6))
+    cases = pd.DataFrame(
+        {
+            "case_id": ["A", "B"],
+            "tissue": ["Lipoma", "Myxoid"],
+            "site": ["thigh", "arm"],
+            "mask": [str(_mask_file(tmp_path / f"{c}.nii.gz", (8, 8, 8), box)) for c in "AB"],
+        }
+    )
+    params = get_params("smoke", work_dir=str(tmp_path / "work"), workers=1)
+    first = cohort_statistics(params, cases, progress=False)
+    monkeypatch.setattr(analysis, "map_cases", lambda *a, **k: pytest.fail("measured again"))
+    relabelled = cases.assign(tissue=["Vascular", "Myxoid"])  # a corrected label, same files
+    again = cohort_statistics(params, relabelled, progress=False)
+    assert list(again["tissue"]) == ["Vascular", "Myxoid"] and list(again.columns) == list(first.columns)
+    pd.testing.assert_frame_equal(again.drop(columns="tissue"), first.drop(columns="tissue"))
