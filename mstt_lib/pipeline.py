@@ -289,6 +289,10 @@ def run_dir(params: Params, model: str, fold: int | None, cache) -> Path:
     if settings["norm"] == "batch":  # likewise
         settings.pop("norm")
     settings["cache"] = Path(cache.folder).name
+    weights = settings["weights"]
+    if weights and Path(weights).is_file():  # a local file replaced at the same path: another start
+        stat = Path(weights).stat()
+        settings["weights_file"] = [stat.st_size, stat.st_mtime_ns]
     if fold is not None and _folds_suffix(params):  # default folds: the names runs always had
         settings["folds"] = _folds_suffix(params)
     name = f"{model}-all" if fold is None else f"{model}-fold{fold}"

@@ -210,3 +210,20 @@ def test_cohort_statistics_measure_once_and_take_the_labels_from_the_case_table_
     again = cohort_statistics(params, relabelled, progress=False)
     assert list(again["tissue"]) == ["Vascular", "Myxoid"] and list(again.columns) == list(first.columns)
     pd.testing.assert_frame_equal(again.drop(columns="tissue"), first.drop(columns="tissue"))
+
+
+def test_a_local_weights_file_replaced_at_the_same_path_starts_another_run(tmp_path):
+    import os
+
+    cache = SimpleNamespace(folder=str(tmp_path / "cache" / "0123"))
+    weights = tmp_path / "encoder.pth"
+    weights.write_bytes(b"first")
+    params = get_params("smoke", work_dir=str(tmp_path), unet_weights=str(weights))
+    first = run_dir(params, "unet", 0, cache)
+    assert run_dir(params, "unet", 0, cache) == first
+    weights.write_bytes(b"other weights")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert run_dir(params, "unet", 0, cache) != first
+    assert run_dir(
+        params.replace(unet_weights=None), "unet", 0, cache
+    ).name == "unet-fold0-" + _digest_without(params.replace(unet_weights=None), cache, "norm")
