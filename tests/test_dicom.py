@@ -12,6 +12,7 @@ import gzip
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -618,6 +619,18 @@ def test_collection_shared_and_nested_layouts_resumable(tmp_path):
     third = convert_collection(root, out, progress=False)
     assert list(third.status) == ["up to date", "converted"]
 
+    # so does an input whose time went back (a copy that keeps the original times: cp -p, rsync -a)
+    os.utime(touched, (later - 3600, later - 3600))
+    assert list(convert_collection(root, out, progress=False).status) == ["up to date", "converted"]
+    # and another ROI asked for
+    with pytest.raises(DicomError, match="ROI"):
+        convert_collection(root, out, roi="no_such_roi", progress=False)
+    # a case no longer in the collection: its converted folder goes, so no reader lists it
+    shutil.rmtree(root / "STS_900")
+    fourth = convert_collection(root, out, progress=False)
+    assert list(fourth.case_id) == ["STS_901"] and not (out / "STS_900").exists()
+    assert list(read_ibsi(out)[0].case_id) == ["STS_901"]
+
 
 def test_collection_stops_on_a_bad_case_or_skips_it(tmp_path):
     case(tmp_path, name="STS_900")
@@ -649,7 +662,7 @@ def test_no_identifier_reaches_outputs_logs_or_messages(tmp_path, caplog, capsys
     for path in written_files(out):
         raw = path.read_bytes()
         blobs.append(gzip.decompress(raw) if path.suffix == ".gz" else raw)
-    assert len(blobs) == 5
+    assert len(blobs) == 7  # two NIfTI pairs, their two conversion records, the table
     captured = capsys.readouterr()
     text = "\n".join(
         [caplog.text, captured.out, captured.err, table.to_csv(), *(str(w.message) for w in caught)]

@@ -7,8 +7,10 @@ empty: nothing from a DICOM header but geometry and pixel values reaches an outp
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,7 +30,7 @@ from mstt_lib.dicom.series import (
     _scan,
     read_series,
 )
-from mstt_lib.io import atomic_path
+from mstt_lib.io import atomic_path, short_digest
 
 __all__ = [
     "TABLE_FILE",
@@ -144,11 +146,29 @@ def find_case_inputs(case_dir: str | os.PathLike, modality: str = "T1") -> tuple
         return case_dir, found[0].path, files
 
 
-def _up_to_date(outputs: tuple[Path, Path], inputs: list[Path]) -> bool:
-    if not all(p.is_file() for p in outputs):
-        return False
-    newest_input = max(p.stat().st_mtime_ns for p in inputs)
-    return min(p.stat().st_mtime_ns for p in outputs) >= newest_input
+def _conversion_record(out_dir: Path, case_id: str, modality: str) -> Path:
+    """What a case's NIfTI pair was converted from: the ROI asked and every input file."""
+    return Path(out_dir) / case_id / f"MR_{modality}_conversion.json"
+
+
+def _sources(roi: str, inputs: list[Path]) -> dict:
+    # a digest, not the paths: collection folders can carry dates and names
+    files = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs)
+    return {"roi_asked": roi, "inputs": short_digest(files)}
+
+
+def _up_to_date(outputs: tuple[Path, Path], record: Path, sources: dict) -> str | None:
+    """The ROI taken, if the pair was converted from exactly these files for this ROI (by path,
+    size and time: a copy that keeps older times, another collection's case of the same name
+    or another ROI converts again); else None."""
+    if not (record.is_file() and all(p.is_file() for p in outputs)):
+        return None
+    try:
+        earlier = json.loads(record.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    same = all(earlier.get(key) == value for key, value in sources.items())
+    return earlier.get("roi") if same else None
 
 
 def convert_collection(
@@ -161,7 +181,9 @@ def convert_collection(
 ) -> pd.DataFrame:
     """Convert every case folder of a DICOM collection; resumable.
 
-    A case whose two outputs exist and are newer than all its input files is skipped. The
+    A case whose two outputs were converted from the same input files for the same ROI is
+    skipped (``MR_<modality>_conversion.json``), and the output folder of a case that is no
+    longer in the collection is removed (only folders this function wrote). The
     table (case_id, image, mask, roi, seconds, status) is returned with absolute paths and
     written to ``<out_dir>/dicom_conversion.csv`` with paths relative to ``out_dir``. A bad
     case stops the run with its ``DicomError``, or with ``skip_bad_cases`` is logged and
@@ -173,7 +195,6 @@ def convert_collection(
     cases = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not cases:
         raise DicomError("?", root, "no case folders in the collection")
-    previous = _previous_rois(out_dir / TABLE_FILE)
     records = []
     for case_dir in tqdm(cases, desc="DICOM to NIfTI", unit="case", disable=not progress):
         case_id = case_dir.name
@@ -182,11 +203,16 @@ def convert_collection(
         record = {"case_id": case_id, "image": str(image_path), "mask": str(mask_path), "roi": roi}
         try:
             series_dir, rtstruct, inputs = find_case_inputs(case_dir, modality)
-            if _up_to_date((image_path, mask_path), inputs):
-                record.update(roi=previous.get(case_id, roi), status="up to date")
+            sources = _sources(roi, inputs)
+            conversion = _conversion_record(out_dir, case_id, modality)
+            taken = _up_to_date((image_path, mask_path), conversion, sources)
+            if taken is not None:
+                record.update(roi=taken, status="up to date")
             else:
                 series, mask, roi_name = _convert(series_dir, rtstruct, case_id, roi)
                 _write_pair(series, mask, out_dir, case_id, modality)
+                with atomic_path(conversion) as tmp:
+                    tmp.write_text(json.dumps({**sources, "roi": roi_name}, indent=1))
                 record.update(roi=roi_name, status="converted")
         except DicomError as exc:
             if not skip_bad_cases:
@@ -198,6 +224,10 @@ def convert_collection(
     table = pd.DataFrame.from_records(
         records, columns=["case_id", "image", "mask", "roi", "seconds", "status"]
     )
+    names = {c.name for c in cases}
+    for gone in out_dir.glob(f"*/MR_{modality}_conversion.json"):  # cases since removed from the collection
+        if gone.parent.name not in names:
+            shutil.rmtree(gone.parent)
     written = table.copy()
     for column in ("image", "mask"):
         written[column] = [os.path.relpath(p, out_dir) if p else "" for p in written[column]]
@@ -205,14 +235,3 @@ def convert_collection(
     with atomic_path(out_dir / TABLE_FILE) as tmp:
         written.to_csv(tmp, index=False)
     return table
-
-
-def _previous_rois(table_file: Path) -> dict[str, str]:
-    """The ROI names a previous run used, so resumed rows still say which ROI was taken."""
-    if not table_file.is_file():
-        return {}
-    try:
-        previous = pd.read_csv(table_file, dtype=str, keep_default_na=False)
-        return dict(zip(previous["case_id"], previous["roi"], strict=True))
-    except Exception:
-        return {}
