@@ -16,6 +16,8 @@ e.g. a run's checkpoint) and shows progress as tasks finish.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -44,21 +46,31 @@ def ray_session(
 
     A local instance gets ``num_cpus``/``num_gpus`` (default: the machine's), no dashboard and
     a small object store (jobs and results are small; files travel through the shared work
-    directory); it is shut down on leaving. A session already open in this process is reused
-    and left open.
+    directory); it is shut down on leaving, and its session folder (logs, sockets; Ray's
+    default is a ``/tmp/ray/session_*`` per start, kept) removed with it. A session already
+    open in this process is reused and left open.
     """
     ray = require_ray()
     if ray.is_initialized():
         yield ray
         return
     options: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": True}
+    scratch = None
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        options.update(num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=200 * 2**20)
-    ray.init(address=address, **options)
+        # short: Ray's sockets live in it and a socket path must fit 107 characters
+        scratch = tempfile.mkdtemp(prefix="mstt-ray-")
+        options.update(
+            num_cpus=num_cpus, num_gpus=num_gpus, object_store_memory=200 * 2**20, _temp_dir=scratch
+        )
     try:
-        yield ray
+        ray.init(address=address, **options)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def task_options(gpus_per_task: float | None = None, cpus_per_task: float = 1) -> dict[str, float]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,8 +30,10 @@ def cluster():
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tasks defined here
     with ray_session(num_cpus=2) as session:
+        session_folder = Path(ray._private.worker._global_node.get_session_dir_path())
         yield session
     assert not ray.is_initialized()
+    assert session_folder.name.startswith("session_") and not session_folder.parent.exists()  # removed
 
 
 @pytest.fixture(scope="module")
