@@ -616,7 +616,8 @@ def generate_cohort(
         if (out_dir / COHORT_FILE).is_file() and (out_dir / TRUTH_FILE).is_file():
             return out_dir / COHORT_FILE
     else:
-        settings_file.write_text(json.dumps(asdict(settings), indent=1))
+        with atomic_path(settings_file) as tmp:  # a stop mid-write leaves no truncated file to refuse
+            tmp.write_text(json.dumps(asdict(settings), indent=1))
 
     plan = plan_cohort(settings.n_cases, settings.seed)
     jobs = [(row, i, settings, str(out_dir)) for i, row in enumerate(plan.to_dict("records"))]
