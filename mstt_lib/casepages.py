@@ -9,6 +9,7 @@ carry the public case id and the clinical columns of the case table, never file 
 from __future__ import annotations
 
 import html
+import os
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from mstt_lib.viz import case_viewer, load_mask
 
-__all__ = ["CASE_PAGES_DIR", "page_name", "write_case_pages", "case_links"]
+__all__ = ["CASE_PAGES_DIR", "page_name", "write_case_pages", "remove_case_pages", "case_links"]
 
 CASE_PAGES_DIR = Path("book") / "chapters" / "cases"
 METADATA_COLUMNS = ("tissue", "site", "diagnosis", "annotation_modality", "fold")
@@ -127,6 +128,13 @@ def write_case_pages(
     staging.rename(out_dir)
     shutil.rmtree(old, ignore_errors=True)
     return written
+
+
+def remove_case_pages(out_dir: str | os.PathLike) -> None:
+    """Remove the pages ``write_case_pages`` wrote (the book lists every page in the folder)."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir():
+        shutil.rmtree(out_dir)
 
 
 def case_links(table: pd.DataFrame, folder: str = "cases") -> pd.DataFrame:

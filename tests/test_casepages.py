@@ -8,7 +8,7 @@ import nbformat
 import numpy as np
 import pandas as pd
 
-from mstt_lib.casepages import case_links, page_name, write_case_pages
+from mstt_lib.casepages import case_links, page_name, remove_case_pages, write_case_pages
 from mstt_lib.io import save_nifti
 from mstt_lib.viz import decode_volume, viewer_payload
 
@@ -60,6 +60,10 @@ def test_one_page_per_case_with_metrics_metadata_and_a_viewer_of_truth_and_predi
     _, masks = decode_volume(uris, config)
     # the case is RAS already: the viewer's masks are the files' voxels
     assert np.array_equal(masks[0], truth.astype(bool)) and np.array_equal(masks[2], prediction.astype(bool))
+    # a run that writes no pages removes these, so the book does not publish them beside it
+    remove_case_pages(out)
+    assert not out.exists() and out.parent.is_dir()
+    remove_case_pages(out)  # none there: nothing to do
 
 
 def test_case_links_point_at_the_pages_and_escape_the_id():
