@@ -429,7 +429,20 @@ def build_book(root: Path | None = None) -> Path:
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     command = [str(jupyter_book) if jupyter_book.exists() else "jupyter-book", "build", str(root)]
     subprocess.run(command, check=True, cwd=root)
+    _remove_orphan_case_pages(root)
     return root / "_build" / "html"
+
+
+def _remove_orphan_case_pages(root: Path) -> None:
+    """Built case pages whose source page is gone (another set's or cohort's cases, or a run
+    without pages): Sphinx builds incrementally and keeps them, so they would be published."""
+    from mstt_lib.casepages import CASE_PAGES_DIR
+
+    sources = {p.stem for p in (root / CASE_PAGES_DIR).glob("*.ipynb")}
+    for built in (root / "_build").rglob("*"):
+        in_cases = built.relative_to(root / "_build").parts[-4:-1] == CASE_PAGES_DIR.parts
+        if in_cases and built.is_file() and built.name.split(".")[0] not in sources:
+            built.unlink()
 
 
 def _git(root: Path, *args: str) -> str:

@@ -276,3 +276,27 @@ def test_every_option_of_mstt_book_and_mstt_predict_says_what_it_does():
     # the sets' help names every set, so a new one cannot go undescribed
     sets = next(a for a in commands["run"]._actions if "--params" in a.option_strings)
     assert all(f"{name}," in sets.help for name in sets.choices), sets.help
+
+
+def test_built_case_pages_whose_source_is_gone_are_removed_the_others_kept(tmp_path):
+    """Sphinx keeps the HTML of a removed page: another set's case pages would be published."""
+    from mstt_lib.runner import _remove_orphan_case_pages
+
+    (tmp_path / "book" / "chapters" / "cases").mkdir(parents=True)
+    (tmp_path / "book" / "chapters" / "cases" / "KEEP_1.ipynb").write_text("{}")
+    built = {
+        name: tmp_path / "_build" / name
+        for name in (
+            "html/book/chapters/cases/KEEP_1.html",
+            "html/book/chapters/cases/GONE_2.html",
+            "html/_sources/book/chapters/cases/GONE_2.ipynb",
+            ".doctrees/book/chapters/cases/GONE_2.doctree",
+            "html/book/chapters/07_failure_analysis.html",
+        )
+    }
+    for path in built.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    _remove_orphan_case_pages(tmp_path)
+    kept = {name for name, path in built.items() if path.exists()}
+    assert kept == {"html/book/chapters/cases/KEEP_1.html", "html/book/chapters/07_failure_analysis.html"}
