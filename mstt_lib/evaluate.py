@@ -31,8 +31,6 @@ from mstt_lib.slices import PLANES, SliceCache
 __all__ = ["evaluate_run", "METRICS_FILE", "INFERENCE_VERSION"]
 
 METRICS_FILE = "metrics.csv"
-"""Of ``mstt_lib.infer``'s results: 2 is whole slices (no crop to ``image_size``), skipped empty
-slices; 3 pads a slice smaller than the run's training crops to their side."""
 
 
 def evaluate_run(
@@ -55,7 +53,8 @@ def evaluate_run(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_file = out_dir / METRICS_FILE
-    rows = pd.read_csv(metrics_file).to_dict("records") if metrics_file.is_file() else []
+    text = {"case_id": str, "weights": str}  # "001" or a digest of digits would read as numbers
+    rows = pd.read_csv(metrics_file, dtype=text).to_dict("records") if metrics_file.is_file() else []
     weights = weights_stamp(run_dirs)
     # older inference, or weights retrained since (a continued run keeps its folder): again
     rows = [r for r in rows if r.get("inference") == INFERENCE_VERSION and r.get("weights") == weights]

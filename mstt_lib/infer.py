@@ -75,7 +75,9 @@ __all__ = [
 ]
 
 INFERENCE_VERSION = 3
-"""Raised when inference changes what it predicts: scores and predictions of an older one are redone."""
+"""Raised when inference changes what it predicts: scores and predictions of an older one are
+redone. 2 is whole slices (no crop to ``image_size``), skipped empty slices; 3 pads a slice
+smaller than the run's training crops to their side."""
 TTA_MODES = ("none", "paper", "all8")
 EMPTY_LOGIT = -20.0
 """Logit of a slice that holds no body (and was therefore not run through the model)."""

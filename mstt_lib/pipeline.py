@@ -305,13 +305,15 @@ def run_dir(params: Params, model: str, fold: int | None, cache) -> Path:
 
 
 def _trained_epochs(folder: Path) -> int:
-    """The epochs a finished run trained (0 while none has finished)."""
+    """The epochs a run has trained so far: its record's, or its history's rows if more (the
+    history is written with every checkpoint: a continuation stopped after more epochs than its
+    last finish counts them); 0 for none."""
     import json
 
-    record = folder / "run.json"
-    if not ((folder / "model.pt").is_file() and record.is_file()):
-        return 0
-    return int(json.loads(record.read_text()).get("epochs", 0))
+    history, record = folder / "history.csv", folder / "run.json"
+    rows = len(history.read_text().strip().splitlines()) - 1 if history.is_file() else 0  # a header
+    finished = json.loads(record.read_text()).get("epochs", 0) if record.is_file() else 0
+    return max(0, rows, int(finished))
 
 
 def train_run(params: Params, model: str, fold: int | None, cache=None, progress: bool = True) -> Path:
@@ -698,7 +700,7 @@ def cohort_statistics(params: Params, cases: pd.DataFrame, progress: bool = True
         # the measures follow the files (the stamp); the labels are the case table's now, so a
         # corrected tissue or site regroups every figure without measuring again
         labels = [c for c in ("tissue", "site", "diagnosis", "annotation_modality") if c in cases]
-        measured = pd.read_csv(path).drop(columns=labels, errors="ignore")
+        measured = pd.read_csv(path, dtype={"case_id": str}).drop(columns=labels, errors="ignore")
         return cases[["case_id", *labels]].merge(measured, on="case_id")
     statistics = tumour_statistics(cases, progress=progress, workers=params.workers)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -476,12 +476,15 @@ class Predictor:
             probability, mask = self.to_grid(
                 logits, case["affine"], case["native_shape"], case["native_affine"]
             )
-            meta = {**self._made_by(), "inputs": row["inputs"], "seconds_per_plane": timings}
-            write_prediction(output_dir, case_id, probability, case["native_affine"], meta, mask=mask)
+            write_prediction(output_dir, case_id, probability, case["native_affine"], mask=mask)
             if dicom_source:
                 from mstt_lib.dicom.seg import write_seg
 
                 write_seg(mask, dicom_source, output_dir / f"{case_id}_seg.dcm", self.run_dirs)
+            # last: a case counts as done only once every file of it is written
+            meta = {**self._made_by(), "inputs": row["inputs"], "seconds_per_plane": timings}
+            with atomic_path(output_dir / f"{case_id}.json") as tmp:
+                tmp.write_text(json.dumps(meta, indent=1))
             clock.append(time.perf_counter())  # write: back to the native grid, and the files
         except Exception as error:  # one case's failure is its status; the other cases still run
             log.debug("case %s failed", case_id, exc_info=True)
@@ -499,8 +502,8 @@ class Predictor:
     def _made_by(self) -> dict:
         """What a case's prediction follows from, recorded beside it (``<case>.json``)."""
         return {
-            "runs": [str(d) for d in self.run_dirs],
-            "weights": weights_stamp(self.run_dirs),
+            "runs": sorted(str(Path(d).resolve()) for d in self.run_dirs),  # however -r named them
+            "weights": weights_stamp(sorted(self.run_dirs, key=lambda d: str(Path(d).resolve()))),
             "tta": self.tta,
             "planes": list(self.planes),
             "postprocessing": self.postprocessing.kind,

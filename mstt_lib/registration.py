@@ -287,9 +287,15 @@ def _finished(job: tuple) -> dict | None:
     row, out_dir, _, _ = job
     folder = Path(out_dir) / row["case_id"]
     done, inputs = folder / "result.json", folder / INPUTS_FILE
-    if not (done.is_file() and inputs.is_file()):
+    if not done.is_file():
         return None
-    if json.loads(inputs.read_text()) != _input_stamp(row):
+    if not inputs.is_file():
+        # Registered before cases recorded their inputs: taken as made from today's files (as
+        # it always was) and recorded, rather than registering every case of an existing work
+        # folder again, which would rename its slice cache and so retrain every run.
+        with atomic_path(inputs) as tmp:
+            tmp.write_text(json.dumps(_input_stamp(row), indent=1))
+    elif json.loads(inputs.read_text()) != _input_stamp(row):
         return None
     return json.loads(done.read_text())
 

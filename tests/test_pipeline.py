@@ -42,6 +42,12 @@ def test_more_epochs_at_a_constant_rate_continue_the_finished_run(tmp_path):
     fewer = run_dir(constant, "unet", 0, cache)
     assert fewer != folder and fewer.parent == folder.parent and fewer.name.startswith("unet-fold0-")
     assert _needs_training(fewer, train_settings(constant, "unet", 0))
+    # a continuation stopped after more epochs than its last finish: its checkpoint's history counts
+    (folder / "run.json").write_text(json.dumps({"epochs": 1}))
+    (folder / "history.csv").write_text(
+        "epoch,train_loss\n" + "".join(f"{e},0.5\n" for e in range(1, more.epochs + 1))
+    )
+    assert run_dir(constant, "unet", 0, cache) == fewer
 
 
 def test_other_folds_are_other_runs_and_the_default_folds_keep_older_run_names(tmp_path):
@@ -197,10 +203,10 @@ def test_cohort_statistics_measure_once_and_take_the_labels_from_the_case_table_
     box = (slice(2, 6), slice(2, 6), slice(2, 6))
     cases = pd.DataFrame(
         {
-            "case_id": ["A", "B"],
+            "case_id": ["001", "002"],  # ids of digits stay text when the cached table is read back
             "tissue": ["Lipoma", "Myxoid"],
             "site": ["thigh", "arm"],
-            "mask": [str(_mask_file(tmp_path / f"{c}.nii.gz", (8, 8, 8), box)) for c in "AB"],
+            "mask": [str(_mask_file(tmp_path / f"{c}.nii.gz", (8, 8, 8), box)) for c in ("001", "002")],
         }
     )
     params = get_params("smoke", work_dir=str(tmp_path / "work"), workers=1)

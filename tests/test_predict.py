@@ -58,7 +58,8 @@ def test_predictions_are_written_on_each_cases_native_t2_grid_and_reruns_skip_th
             np.testing.assert_allclose(image.affine, t2.affine, atol=1e-5)
         mask = np.asarray(nib.load(out / f"{row.case_id}.nii.gz").dataobj)
         assert set(np.unique(mask)) <= {0, 1}
-    again = predict_folder([run_dir], cohort, out, workers=1, progress=False)
+    relative = Path(os.path.relpath(run_dir))  # the same run, named another way
+    again = predict_folder([relative], cohort, out, workers=1, progress=False)
     assert (again["status"] == "done earlier").all()
     assert pd.read_csv(out / "predictions.csv")["case_id"].tolist() == sorted(cases["case_id"])
     # what the files were made with is in <case>.json: other settings, or weights trained on in

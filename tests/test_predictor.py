@@ -283,6 +283,21 @@ def test_a_damaged_dicom_file_is_the_cases_status_naming_the_problem_then_the_fi
     assert list(table["status"]) == [f"error: case STS_902: not a DICOM file (empty file) ({damaged})"]
 
 
+def test_a_case_whose_seg_failed_is_not_done_and_is_predicted_again(tmp_path, monkeypatch):
+    from mstt_lib.dicom import seg
+
+    series_dir = tmp_path / "STS_903"
+    make_series(series_dir, n=6, rows=32, cols=32)
+    run = _run(tmp_path / "run", modalities=("T1",), spacing=4.0)
+    predictor = Predictor(tta="none", planes=("axial",), device="cpu", progress=False).load_runs([run])
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(seg, "write_seg", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+        failed = predictor.predict_folder(series_dir, out, dicom_seg=True)
+    assert failed["status"][0].startswith("error") and not (out / "STS_903.json").exists()
+    assert predictor.predict_folder(series_dir, out, dicom_seg=True)["status"][0].startswith("ok")
+
+
 def _plans_run(tmp_path):
     run = _run(tmp_path / "t1t2run")
     _plans(run, RegistrationSettings())

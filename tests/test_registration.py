@@ -232,6 +232,22 @@ def test_a_case_whose_input_file_changed_is_registered_again(registered, cases, 
     assert json.loads((rerun / case_id / "inputs.json").read_text())["t1"][1] == new_t1.stat().st_mtime_ns
 
 
+def test_a_case_registered_before_inputs_were_recorded_is_kept_and_its_inputs_recorded(
+    registered, cases, truth, tmp_path, monkeypatch
+):
+    """An existing work folder is not registered again on upgrade (that would rename the slice
+    cache and retrain every run); its cases' inputs are recorded from then on."""
+    out, results = registered
+    older = tmp_path / "older"
+    shutil.copytree(out, older)
+    for case_id in cases["case_id"]:
+        (older / case_id / "inputs.json").unlink()
+    monkeypatch.setattr(registration, "map_cases", lambda *a, **k: pytest.fail("registered again"))
+    again = register_cohort(cases, older, RegistrationSettings(), truth=truth, workers=1, progress=False)
+    pd.testing.assert_frame_equal(again, results)
+    assert all((older / c / "inputs.json").is_file() for c in cases["case_id"])
+
+
 def test_other_settings_into_the_same_folder_are_refused(registered, cases, truth):
     out, _ = registered
     settings_before = (out / "settings.json").read_text()
