@@ -289,19 +289,36 @@ def run_dir(params: Params, model: str, fold: int | None, cache) -> Path:
     if settings["norm"] == "batch":  # likewise
         settings.pop("norm")
     settings["cache"] = Path(cache.folder).name
-    weights = settings["weights"]
-    if weights and Path(weights).is_file():  # a local file replaced at the same path: another start
-        stat = Path(weights).stat()
-        settings["weights_file"] = [stat.st_size, stat.st_mtime_ns]
     if fold is not None and _folds_suffix(params):  # default folds: the names runs always had
         settings["folds"] = _folds_suffix(params)
     name = f"{model}-all" if fold is None else f"{model}-fold{fold}"
     folder = params.work_dir / "runs" / cohort_dir(params).name / f"{name}-{short_digest(settings)}"
+    weights = settings["weights"]
+    if weights and Path(weights).is_file():  # a local file replaced at the same path: another start
+        stat = Path(weights).stat()
+        named_before = folder  # runs trained before the file's identity joined the name
+        folder = folder.with_name(
+            f"{name}-{short_digest({**settings, 'weights_file': [stat.st_size, stat.st_mtime_ns]})}"
+        )
+        if not folder.exists() and _started_from(named_before, Path(weights)):
+            folder = named_before
     if continued and _trained_epochs(folder) > epochs:
         # The continued run went past the epochs asked (-p epochs 8, then the set's 5): weights
         # cannot go back, so fewer epochs are a run of their own, named with its epochs.
         folder = folder.with_name(f"{name}-{short_digest({**settings, 'epochs': epochs})}")
     return folder
+
+
+def _started_from(folder: Path, weights: Path) -> bool:
+    """Whether the run in ``folder`` recorded ``weights``' bytes (SHA-256) as its start."""
+    import json
+
+    from mstt_lib.plans import file_sha256
+
+    record = folder / "run.json"
+    if not record.is_file():
+        return False
+    return json.loads(record.read_text()).get("weights_sha256") == file_sha256(weights)
 
 
 def _trained_epochs(folder: Path) -> int:

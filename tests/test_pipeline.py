@@ -233,3 +233,13 @@ def test_a_local_weights_file_replaced_at_the_same_path_starts_another_run(tmp_p
     assert run_dir(
         params.replace(unet_weights=None), "unet", 0, cache
     ).name == "unet-fold0-" + _digest_without(params.replace(unet_weights=None), cache, "norm")
+    # a run named before the file's identity joined the name is kept if it recorded these bytes
+    import hashlib
+
+    before = first.parent / ("unet-fold0-" + _digest_without(params, cache, "norm"))
+    before.mkdir(parents=True)
+    (before / "run.json").write_text(json.dumps({"weights_sha256": "0" * 64}))
+    assert run_dir(params, "unet", 0, cache) != before  # trained from other bytes
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (before / "run.json").write_text(json.dumps({"weights_sha256": sha}))
+    assert run_dir(params, "unet", 0, cache) == before
