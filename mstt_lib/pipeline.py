@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from mstt_lib.cohort import TISSUES, CaseProblem, load_cohort, read_cohort
+from mstt_lib.cohort import NNUNET_METADATA, TISSUES, CaseProblem, load_cohort, read_cohort
 from mstt_lib.io import short_digest
 from mstt_lib.params import PAPER_RECIPE, Params
 from mstt_lib.phantom import TRUTH_FILE, PhantomSettings, generate_cohort
@@ -93,12 +93,16 @@ def open_cohort(params: Params, progress: bool = True) -> tuple[pd.DataFrame, li
     root = cohort_dir(params)
     if params.cohort == "synthetic":
         generate_cohort(root, phantom_settings(params), progress=progress)
-    # Checking every file of 199 cases takes seconds; a notebook asks several times. The table
-    # file's time (the cohort folder's for the IBSI layout: cases added or removed) tells a
-    # changed cohort within a kernel; across kernels, the record of cohorts that passed, by
-    # their files' sizes and times.
-    table = next((root / n for n in ("cohort.csv", "dataset.json") if (root / n).is_file()), root)
-    stamp = table.stat().st_mtime_ns if table.exists() else None
+    # Checking every file of 199 cases takes seconds; a notebook asks several times. The times
+    # of the table files and of the case folders (cases added or removed) tell a changed cohort
+    # within a kernel, in every layout (a label corrected in nnU-Net's mstt_cases.csv included);
+    # across kernels, the record of cohorts that passed, by their files' sizes and times.
+    markers = ("cohort.csv", "dataset.json", NNUNET_METADATA, "labelsTr", "imagesTr", "imagesTs")
+    stamp = (
+        tuple(p.stat().st_mtime_ns if p.exists() else None for p in (root, *(root / n for n in markers)))
+        if root.exists()
+        else None
+    )
     key = (str(root), params.modalities, params.skip_bad_cases, stamp)
     if key not in _CHECKED or stamp is None:
         _CHECKED[key] = load_cohort(

@@ -243,3 +243,29 @@ def test_a_local_weights_file_replaced_at_the_same_path_starts_another_run(tmp_p
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     (before / "run.json").write_text(json.dumps({"weights_sha256": sha}))
     assert run_dir(params, "unet", 0, cache) == before
+
+
+def test_a_label_corrected_in_an_nnunet_datasets_case_table_is_seen_within_the_kernel(
+    phantom_subset, tmp_path
+):
+    """open_cohort keeps checked cohorts in memory; a changed mstt_cases.csv must not be served."""
+    import os
+
+    import pandas as pd
+
+    from mstt_lib.cohort import NNUNET_METADATA, read_cohort, write_nnunet
+    from mstt_lib.pipeline import open_cohort
+
+    table, problems = read_cohort(phantom_subset(2))
+    assert not problems
+    dataset = tmp_path / "Dataset501_MSTT"
+    write_nnunet(table, dataset)
+    params = get_params("smoke", cohort=str(dataset), work_dir=str(tmp_path / "work"))
+    first, _ = open_cohort(params, progress=False)
+    metadata = pd.read_csv(dataset / NNUNET_METADATA)
+    metadata.loc[0, "tissue"] = "Vascular" if metadata.loc[0, "tissue"] != "Vascular" else "Fat"
+    metadata.to_csv(dataset / NNUNET_METADATA, index=False)
+    stat = (dataset / NNUNET_METADATA).stat()  # a later time, whatever the clock's resolution
+    os.utime(dataset / NNUNET_METADATA, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again, _ = open_cohort(params, progress=False)
+    assert again.loc[0, "tissue"] == metadata.loc[0, "tissue"] != first.loc[0, "tissue"]
