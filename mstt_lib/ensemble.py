@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mstt_lib.io import short_digest
+from mstt_lib.io import file_stamp, short_digest
 from mstt_lib.postprocess import Choice, read_choice
 
 __all__ = ["ENSEMBLE_FILE", "resolve_runs", "weights_stamp"]
@@ -66,12 +66,4 @@ def resolve_runs(run_dirs: Sequence[str | os.PathLike]) -> tuple[list[Path], Cho
 def weights_stamp(run_dirs: Sequence[str | os.PathLike]) -> str:
     """Which weights made a prediction or a score: each run's ``model.pt`` by name, size and
     modification time (a run continued in its folder changes it)."""
-    files = [Path(d) / "model.pt" for d in run_dirs]  # a missing one: load_runs says which
-    return short_digest([(f.parent.name, *_size_and_time(f)) for f in files])
-
-
-def _size_and_time(path: Path) -> tuple[int, int] | tuple[None, None]:
-    if not path.is_file():
-        return None, None
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
+    return short_digest([(Path(d).name, file_stamp(Path(d) / "model.pt")) for d in run_dirs])

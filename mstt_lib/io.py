@@ -26,6 +26,7 @@ __all__ = [
     "case_id_problem",
     "command_errors",
     "describe_error",
+    "file_stamp",
     "load_nifti",
     "nonfinite_voxels",
     "read_volume",
@@ -187,6 +188,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def file_stamp(path: str | os.PathLike) -> list[int] | None:
+    """A file's [size, modification time in ns], or None when it is not there: what every
+    stage's "done earlier" check compares, so that changed inputs are never reused."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
 
 
 def short_digest(payload: object, length: int = 12) -> str:

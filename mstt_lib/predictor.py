@@ -47,7 +47,7 @@ from mstt_lib.infer import (
     to_native,
     write_prediction,
 )
-from mstt_lib.io import atomic_path, describe_error, save_nifti, short_digest
+from mstt_lib.io import atomic_path, describe_error, file_stamp, save_nifti, short_digest
 from mstt_lib.plans import read_plans, registration_from_plans
 from mstt_lib.postprocess import Choice, binarize
 from mstt_lib.slices import PLANES, preprocess_read, read_case
@@ -604,13 +604,8 @@ class Predictor:
 
 def _files_stamp(paths) -> str:
     """Which files (by path, size and modification time) a prediction was made from."""
-    stamp = []
-    for path in (str(p) for p in paths if isinstance(p, (str, os.PathLike)) and str(p)):
-        stat = os.stat(path) if os.path.isfile(path) else None
-        stamp.append(
-            (path, None if stat is None else stat.st_size, None if stat is None else stat.st_mtime_ns)
-        )
-    return short_digest(stamp)
+    named = [str(p) for p in paths if isinstance(p, (str, os.PathLike)) and str(p)]
+    return short_digest([(path, file_stamp(path)) for path in named])
 
 
 _WORKER_PREDICTORS: dict[tuple, Predictor] = {}

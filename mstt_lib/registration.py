@@ -38,7 +38,15 @@ from mstt_lib.geometry import (
     rotation_angle_deg,
     voxel_spacing,
 )
-from mstt_lib.io import CaseFileError, atomic_path, load_nifti, read_volume, save_nifti, short_digest
+from mstt_lib.io import (
+    CaseFileError,
+    atomic_path,
+    file_stamp,
+    load_nifti,
+    read_volume,
+    save_nifti,
+    short_digest,
+)
 
 __all__ = [
     "TRANSFORMS",
@@ -272,13 +280,8 @@ def _residual(transform_files: list[str], truth: pd.Series, mask_image, mask: np
 def _input_stamp(row) -> dict[str, list[int] | None]:
     """Each input file's size and modification time: a case whose files changed in place (or
     a cohort of the same folder name) is registered again, not read from its old result."""
-    stamp = {}
-    for column in ("t1", "t2", "mask"):
-        path = row.get(column)
-        if isinstance(path, str) and path:
-            stat = os.stat(path) if os.path.isfile(path) else None  # missing: register_case says so
-            stamp[column] = None if stat is None else [stat.st_size, stat.st_mtime_ns]
-    return stamp
+    columns = ("t1", "t2", "mask")
+    return {c: file_stamp(row[c]) for c in columns if isinstance(row.get(c), str) and row[c]}
 
 
 def _finished(job: tuple) -> dict | None:

@@ -30,7 +30,7 @@ from mstt_lib.dicom.series import (
     _scan,
     read_series,
 )
-from mstt_lib.io import atomic_path, short_digest
+from mstt_lib.io import atomic_path, file_stamp, short_digest
 
 __all__ = [
     "TABLE_FILE",
@@ -153,7 +153,7 @@ def _conversion_record(out_dir: Path, case_id: str, modality: str) -> Path:
 
 def _sources(roi: str, inputs: list[Path]) -> dict:
     # a digest, not the paths: collection folders can carry dates and names
-    files = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in inputs)
+    files = sorted((str(p.resolve()), file_stamp(p)) for p in inputs)
     return {"roi_asked": roi, "inputs": short_digest(files)}
 
 
