@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from tqdm import tqdm
@@ -50,8 +53,55 @@ def engine_environment(engine: str) -> Iterator[None]:
             os.environ[ENGINE_VARIABLE] = previous
 
 
-def _set_environment(env: dict[str, str]) -> None:
+class _WorkerStopped(BaseException):
+    """The parent stopped the pool while this worker ran a job."""
+
+
+_running_job = False  # in a worker: whether a job is running (a stop then unwinds it first)
+
+
+def _start_worker(env: dict[str, str]) -> None:
+    """A pool worker: ``env`` set before any job. Ctrl-C is left to the parent, which stops the
+    pool (a terminal sends SIGINT to the whole process group: idle workers would print
+    tracebacks); SIGTERM, the parent's stop, ends the worker (``_stop_worker``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_worker)
     os.environ.update(env)
+
+
+def _stop_worker(signum: int, frame) -> None:
+    if _running_job:  # unwound through the job, whose ``finally`` blocks remove its temporary files
+        raise _WorkerStopped
+    os._exit(128 + signum)
+
+
+def _job(function: Callable[[Any], Any], job: Any) -> Any:
+    global _running_job
+    _running_job = True
+    try:
+        return function(job)
+    except _WorkerStopped:
+        os._exit(128 + signal.SIGTERM)  # the pool would hand this worker its next job
+    finally:
+        _running_job = False
+
+
+def _stop_pool(pool: ProcessPoolExecutor, grace_seconds: float = 5) -> None:
+    """Cancel the jobs not started and end the workers: the pool's own ``shutdown`` waits for
+    every job already queued (``map`` queues them all), so an interrupt would not stop it, and
+    a parent ended by a signal leaves its workers running. A worker inside a long library call
+    (ANTs) sees SIGTERM only when the call returns: after ``grace_seconds`` it is killed.
+    Python 3.11 has no public call for this (3.14 adds ``terminate_workers``), hence ``_processes``.
+    """
+    processes = list((pool._processes or {}).values())  # before shutdown, which forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
 
 
 def map_cases(
@@ -87,8 +137,11 @@ def map_cases(
     if workers <= 1 and not env and not spawn:
         return [function(job) for job in tqdm(jobs, **bar)]
     context = multiprocessing.get_context("spawn") if spawn else None
-    initializer = (_set_environment, (env,)) if env else (None, ())
     with ProcessPoolExecutor(
-        max_workers=max(1, workers), mp_context=context, initializer=initializer[0], initargs=initializer[1]
+        max_workers=max(1, workers), mp_context=context, initializer=_start_worker, initargs=(env or {},)
     ) as pool:
-        return list(tqdm(pool.map(function, jobs, chunksize=chunksize), **bar))
+        try:
+            return list(tqdm(pool.map(partial(_job, function), jobs, chunksize=chunksize), **bar))
+        except BaseException:  # an interrupt, or one job's error: the other jobs stop too
+            _stop_pool(pool)
+            raise

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,7 @@ import numpy as np
 __all__ = [
     "CaseFileError",
     "SAFE_CASE_ID",
+    "Stopped",
     "atomic_path",
     "case_id_problem",
     "command_errors",
@@ -252,16 +255,45 @@ def describe_error(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, as Ctrl-C raises KeyboardInterrupt: Python's default
+    would end the process on the spot, leaving its temporary files and worker processes."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
 @contextmanager
 def command_errors(prog: str, debug: bool = False) -> Iterator[None]:
     """A command line's errors as one line on stderr and exit status 1; ``debug`` keeps the traceback.
 
-    Usage errors (exit status 2) are argparse's; an interrupt stays an interrupt.
+    Usage errors (exit status 2) are argparse's. Ctrl-C and SIGTERM unwind the program (its
+    temporary files are removed, its worker processes stopped) and end it with one line and
+    exit status 128 + the signal's number, as a shell reports it.
     """
+    main_thread = threading.current_thread() is threading.main_thread()  # where signals are handled
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
     try:
         yield
+    except KeyboardInterrupt as stop:
+        if debug:
+            raise
+        reason = str(stop) or "interrupted"
+        print(
+            f"{prog}: {reason}; what it finished is kept, and the same command goes on from there",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + getattr(stop, "signum", signal.SIGINT)) from None
     except Exception as error:
         if debug:
             raise
         print(f"{prog}: error: {describe_error(error)}", file=sys.stderr)
         raise SystemExit(1) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -33,7 +33,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from mstt_lib.io import atomic_path, command_errors
+from mstt_lib.io import Stopped, atomic_path, command_errors
 from mstt_lib.params import DEFAULT_SET, PARAMETER_SETS, Params, get_params, project_root
 
 __all__ = [
@@ -351,14 +351,6 @@ def run_grid(
     return written
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM, raised where the runner is, so that cleanup code runs as it does for Ctrl-C."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-
-
 def _stop(signum: int, frame) -> None:
     _stop_kernels()  # first: a kernel shut down politely in mid-cell prints tracebacks
     raise Stopped(signum)
@@ -622,32 +614,28 @@ def main(argv: Sequence[str] | None = None) -> None:
             check_parameters(parameters, sources)
         except (ValueError, yaml.YAMLError) as error:
             commands[args.command].error(" ".join(str(error).split()))
-    try:
-        with command_errors(parser.prog, args.debug), stopped_cleanly():
-            if args.command in ("run", "book"):
-                _engine_for_kernels(args.engine, args.address)
-                run_notebooks(args.params, args.kernel, args.only, parameters)
-            if args.command == "grid":
-                run_grid(
-                    args.params,
-                    args.kernel,
-                    parameters,
-                    engine=args.engine,
-                    address=args.address,
-                    gpus_per_task=args.gpus_per_task,
-                    cpus_per_task=args.cpus_per_task,
-                )
-            if args.command in ("build", "book"):
-                print(f"[mstt-book] book built: {build_book() / 'index.html'}")
-            if args.command == "references":
-                for path in store_references():
-                    print(f"[mstt-book] references stored in {path}")
-            if args.command == "publish":
-                commit = publish_book(remote=args.remote, branch=args.branch)
-                print(f"[mstt-book] book published to {args.branch} of {args.remote} ({commit[:12]})")
-    except KeyboardInterrupt as stop:
-        print(f"[mstt-book] {stop or 'interrupted'}; kernel shut down", file=sys.stderr)
-        raise SystemExit(128 + getattr(stop, "signum", signal.SIGINT)) from None
+    with command_errors(parser.prog, args.debug), stopped_cleanly():
+        if args.command in ("run", "book"):
+            _engine_for_kernels(args.engine, args.address)
+            run_notebooks(args.params, args.kernel, args.only, parameters)
+        if args.command == "grid":
+            run_grid(
+                args.params,
+                args.kernel,
+                parameters,
+                engine=args.engine,
+                address=args.address,
+                gpus_per_task=args.gpus_per_task,
+                cpus_per_task=args.cpus_per_task,
+            )
+        if args.command in ("build", "book"):
+            print(f"[mstt-book] book built: {build_book() / 'index.html'}")
+        if args.command == "references":
+            for path in store_references():
+                print(f"[mstt-book] references stored in {path}")
+        if args.command == "publish":
+            commit = publish_book(remote=args.remote, branch=args.branch)
+            print(f"[mstt-book] book published to {args.branch} of {args.remote} ({commit[:12]})")
 
 
 if __name__ == "__main__":

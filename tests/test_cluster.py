@@ -402,6 +402,27 @@ def test_the_engine_comes_from_the_environment_and_a_wrong_one_is_named(monkeypa
     assert map_cases(abs, [-3, 2, -1], workers=2, engine="process", progress=False) == [3, 2, 1]
 
 
+def _fail_first_write_the_others_slowly(job: tuple[int, str]) -> None:
+    from mstt_lib.io import atomic_path
+
+    index, folder = job
+    if index == 0:
+        raise ValueError("case 0 is damaged")
+    with atomic_path(Path(folder) / f"case{index}.txt") as tmp:
+        tmp.write_text("half")
+        time.sleep(3)
+
+
+def test_a_failed_job_stops_the_pools_other_jobs_and_removes_their_temporary_files(tmp_path):
+    """The pool's own shutdown would run every queued job to the end before the error is seen."""
+    from mstt_lib.engines import map_cases
+
+    jobs = [(index, str(tmp_path)) for index in range(5)]
+    with pytest.raises(ValueError, match="case 0 is damaged"):
+        map_cases(_fail_first_write_the_others_slowly, jobs, workers=2, engine="process", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_the_grid_refuses_cluster_options_without_ray(capsys):
     from mstt_lib.runner import main
 

@@ -4,9 +4,11 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -494,3 +496,53 @@ def test_an_ensemble_folder_predicts_with_its_runs_and_applies_its_post_processi
         assert (meta["postprocessing"], meta["threshold"]) == ("largest", 0.3)
     assert lowered, "some voxels should lie between 0.3 and 0.5 for the threshold to be tested"
     assert several, "the random model's masks should have more than one piece for this test to bite"
+
+
+def _wait_for(condition, process, seconds=120):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_a_stopped_prediction_leaves_no_process_or_temporary_file_behind(run_dir, cohort, tmp_path, signum):
+    """Stopped while its registration workers run: they stop too, in one line, and a rerun finishes."""
+    psutil = pytest.importorskip("psutil")
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "mstt_lib.predict",
+        "-r",
+        str(run_dir),
+        "-i",
+        str(cohort),
+        "-o",
+        str(out),
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    predictor = subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        process = psutil.Process(predictor.pid)
+        _wait_for(lambda: len(process.children(recursive=True)) >= 2, predictor)  # the workers started
+        workers = process.children(recursive=True)
+        predictor.send_signal(signum)
+        output, _ = predictor.communicate(timeout=60)
+    finally:
+        if predictor.poll() is None:
+            predictor.kill()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [], f"worker(s) still running: {[w.cmdline() for w in alive]}"
+    assert predictor.returncode == 128 + signum, output
+    reason = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+    assert output.splitlines()[-1].startswith(f"mstt-predict: {reason}; what it finished is kept"), output
+    assert "Traceback" not in output
+    assert [p.name for p in out.rglob("*") if ".tmp" in p.name] == []
+    if signum == signal.SIGTERM:  # and the same command goes on from there
+        rerun = subprocess.run(command, env=environment, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
+        assert pd.read_csv(out / "predictions.csv")["status"].str.startswith("ok").all()
