@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -49,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"--devices must be at least 1, got {args.devices}")
         rest = [a for i, a in enumerate(argv) if a != "--devices" and (i == 0 or argv[i - 1] != "--devices")]
         rest = [a for a in rest if not a.startswith("--devices=")]
-        raise SystemExit(subprocess.call(launch_command(args.devices, rest)))
+        with command_errors(parser.prog, args.debug):
+            raise SystemExit(_torchrun(launch_command(args.devices, rest)))
     with command_errors(parser.prog, args.debug):
         overrides = {name: yaml.safe_load(value) for name, value in args.p}
         params = get_params(args.params, **overrides)
@@ -65,6 +67,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                 dist.destroy_process_group()
         if world.main:
             print(f"[mstt_lib.launch] {args.model} fold {args.fold}: {folder}", flush=True)
+
+
+def _torchrun(command: list[str]) -> int:
+    """torchrun's exit status; stopped, it is passed the stop, which it hands on to its processes
+    (killed, as ``subprocess.call`` would on an interrupt, they would train on unattended)."""
+    process = subprocess.Popen(command)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        process.wait()
+        raise
 
 
 def _fold(text: str) -> int | None:

@@ -1,6 +1,7 @@
 """Scale-out: the grid as Ray tasks (parallel, equal to serial runs, retried after a kill, the
 command line), per-case stages on Ray, and data-parallel training with torchrun on gloo."""
 
+import contextlib
 import json
 import os
 import signal
@@ -296,17 +297,28 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_project, tmp_
     one_work, two_work = tmp_path / "one", tmp_path / "two"
     one_command = _train_command({**values, "work_dir": str(one_work)}, [])
     two_command = _train_command({**values, "work_dir": str(two_work)}, ["--devices", "2"])
-    # the two-process run, killed (torchrun and its processes) once its first checkpoint exists
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the two-process run, stopped once its first checkpoint exists: SIGTERM to the launcher
+    # alone (as a scheduler may send it) ends torchrun and its processes too
+    psutil = pytest.importorskip("psutil")
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     first = subprocess.Popen(two_command, cwd=root, env=env, start_new_session=True, **quiet)
     deadline = time.monotonic() + 300
     try:
         while not list(two_work.glob("runs/tiny/unet-fold0-*/checkpoint.pt")) and first.poll() is None:
             assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
             time.sleep(0.05)
+        launched = psutil.Process(first.pid).children(recursive=True)
+        assert len(launched) >= 3, launched  # torchrun and its two processes
+        first.send_signal(signal.SIGTERM)
+        _, errors = first.communicate(timeout=120)
+        _, alive = psutil.wait_procs(launched, timeout=30)
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # whatever is left, so that a failure leaves nothing
+            os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+    assert alive == [], f"still running after the launcher was stopped: {[p.cmdline() for p in alive]}"
+    assert first.returncode == 128 + signal.SIGTERM, errors[-3000:]  # (torchrun prints its own traceback)
+    assert errors.splitlines()[-1].startswith("python -m mstt_lib.launch: stopped by SIGTERM"), errors[-3000:]
     [two_run] = two_work.glob("runs/tiny/unet-fold0-*")
     assert not (two_run / "model.pt").exists()
     done = torch.load(two_run / "checkpoint.pt", weights_only=False)["history"]
