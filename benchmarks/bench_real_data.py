@@ -7,7 +7,8 @@ The real data: the 29 T1 cases of the IBSI export of TCIA Soft-tissue-Sarcoma
 (same epochs, samples per epoch, batch, learning rate, grid, input size, models, folds,
 test-time augmentation and planes) on a fresh 30-case synthetic cohort (6 per tissue) with
 one modality, T2, so that both see 3 channels and no registration. Every stage runs into a
-fresh temporary folder, so the seconds include preprocessing. ``--device cuda`` on a GPU.
+fresh temporary folder, so the seconds include preprocessing (with ``--work-dir``, what
+it already holds is reused and the record says so). ``--device cuda`` on a GPU.
 
 ``--recipes`` compares the set's training recipe with the paper's (``pipeline.paper_recipe``)
 on the same folds, per case with a Wilcoxon signed-rank test, on the real data and on the
@@ -90,7 +91,9 @@ def cross_validate(params: Params) -> tuple[object, float, float]:
     return results, time.perf_counter() - started, memory.peak_gib
 
 
-def summary(results, name: str, seconds: float, peak: float) -> list[tuple[str, str, str]]:
+def summary(
+    results, name: str, seconds: float, peak: float, reused: bool = False
+) -> list[tuple[str, str, str]]:
     mean, low, high = bootstrap_ci(results["dice"])
     decision = postprocess.choose_from_results(results)
     chosen = f"{decision['postprocessing']} @ {decision['threshold']:g}"
@@ -106,14 +109,15 @@ def summary(results, name: str, seconds: float, peak: float) -> list[tuple[str, 
         (f"{name}: surface Dice at 2 mm, mean", f"{np.nanmean(results['surface_dice']):.3f}", ""),
         (
             f"{name}: wall time (preprocessing, training, scoring)",
-            f"{seconds:.0f} s (peak {peak:.2f} GiB)",
+            f"{seconds:.0f} s (peak {peak:.2f} GiB)"
+            + ("; stages and runs found in --work-dir were reused, not timed" if reused else ""),
             "",
         ),
     ]
 
 
 def compare_recipes(
-    params: Params, minutes: float | None, cohort: str, which: str = "both"
+    params: Params, minutes: float | None, cohort: str, which: str = "both", reused: bool = False
 ) -> list[tuple[str, str, str]]:
     """The set's recipe and the paper's on the same folds at the same budget: Dice per case."""
     import pandas as pd
@@ -130,7 +134,7 @@ def compare_recipes(
     for name, params in recipes:
         results, seconds, peak = cross_validate(params)
         scored[name] = results.assign(model=name)
-        rows += summary(results, f"{name}, {label}", seconds, peak)
+        rows += summary(results, f"{name}, {label}", seconds, peak, reused)
         rows.append(
             (
                 f"{name}, {label}: Dice per case",
@@ -180,6 +184,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstt-bench-") as scratch:
         work = args.work_dir or scratch
+        reused = args.work_dir is not None  # a kept folder's finished stages are not run (nor timed) again
         # replace, not real_data_params' overrides, so that "-p unet_weights null" means None
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device)
         real = real.replace(**overrides)
@@ -200,11 +205,12 @@ def main() -> None:
             for cohort, params in cohorts:
                 for minutes in args.minutes or [None]:
                     # recorded budget by budget, so that a stopped run keeps the budgets it finished
-                    record(title, rows[:1] + compare_recipes(params, minutes, cohort, args.recipe))
+                    record(title, rows[:1] + compare_recipes(params, minutes, cohort, args.recipe, reused))
             return
         if not args.skip_real:
             results, seconds, peak = cross_validate(real)
-            rows += summary(results, f"real data ({results['case_id'].nunique()} T1 cases)", seconds, peak)
+            name = f"real data ({results['case_id'].nunique()} T1 cases)"
+            rows += summary(results, name, seconds, peak, reused)
             rows.append(
                 (
                     "real data: Dice per case",
@@ -217,7 +223,7 @@ def main() -> None:
         if not args.skip_synthetic:
             results, seconds, peak = cross_validate(synthetic)
             name = f"synthetic, same budget ({results['case_id'].nunique()} cases, T2 only)"
-            rows += summary(results, name, seconds, peak)
+            rows += summary(results, name, seconds, peak, reused)
     record(f"Real-data cross-validation ({args.set} set) and the same budget on the synthetic cohort", rows)
 
 

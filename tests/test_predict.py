@@ -546,3 +546,31 @@ def test_a_stopped_prediction_leaves_no_process_or_temporary_file_behind(run_dir
         rerun = subprocess.run(command, env=environment, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
         assert pd.read_csv(out / "predictions.csv")["status"].str.startswith("ok").all()
+
+
+def test_an_interrupted_prediction_goes_on_with_the_case_it_had_not_finished(
+    t1_run_dir, cohort, tmp_path, monkeypatch
+):
+    """Stopped after a case's image files but before its record: that case, and only it, is redone."""
+    import mstt_lib.predictor as predictor_module
+
+    written = []
+
+    def stopped_after_the_second(output_dir, case_id, *args, **kwargs):
+        write_prediction(output_dir, case_id, *args, **kwargs)
+        written.append(case_id)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    write_prediction = predictor_module.write_prediction
+    out = tmp_path / "out"
+    options = dict(tta="none", planes=("axial",), workers=1, progress=False)
+    monkeypatch.setattr(predictor_module, "write_prediction", stopped_after_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder([t1_run_dir], cohort, out, **options)
+    monkeypatch.undo()
+    first, second = written
+    assert (out / f"{second}.nii.gz").is_file() and not (out / f"{second}.json").exists()
+    again = predict_folder([t1_run_dir], cohort, out, **options).set_index("case_id")["status"]
+    assert again[first] == "done earlier" and again[second].startswith("ok"), again
+    assert [p.name for p in out.iterdir() if ".tmp" in p.name] == []
