@@ -184,7 +184,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mstt-bench-") as scratch:
         work = args.work_dir or scratch
-        reused = args.work_dir is not None  # a kept folder's finished stages are not run (nor timed) again
+        # a kept folder's finished stages are not run (nor timed) again
+        reused = args.work_dir is not None and Path(work).is_dir() and any(Path(work).iterdir())
         # replace, not real_data_params' overrides, so that "-p unet_weights null" means None
         real = real_data_params(args.set, cohort=args.sts_dir, work_dir=work, device=args.device)
         real = real.replace(**overrides)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -64,9 +65,25 @@ def _start_worker(env: dict[str, str]) -> None:
     """A pool worker: ``env`` set before any job. Ctrl-C is left to the parent, which stops the
     pool (a terminal sends SIGINT to the whole process group: idle workers would print
     tracebacks); SIGTERM, the parent's stop, ends the worker (``_stop_worker``)."""
+    global _running_job
+    _running_job = False  # (a forked worker copies its parent's flag)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop_worker)
     os.environ.update(env)
+
+
+@contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Workers started here ignore Ctrl-C from their first instruction (a spawned one imports for
+    seconds before ``_start_worker`` runs); the parent ignores it only while it starts them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _stop_worker(signum: int, frame) -> None:
@@ -98,10 +115,13 @@ def _stop_pool(pool: ProcessPoolExecutor, grace_seconds: float = 5) -> None:
     for process in processes:
         process.terminate()
     deadline = time.monotonic() + grace_seconds
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-        if process.is_alive():
-            process.kill()
+    try:
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+    finally:  # also when a second Ctrl-C cuts the wait short
+        for process in processes:
+            if process.is_alive():
+                process.kill()
 
 
 def map_cases(
@@ -141,7 +161,9 @@ def map_cases(
         max_workers=max(1, workers), mp_context=context, initializer=_start_worker, initargs=(env or {},)
     ) as pool:
         try:
-            return list(tqdm(pool.map(partial(_job, function), jobs, chunksize=chunksize), **bar))
+            with _workers_ignore_ctrl_c():  # map starts the workers
+                results = pool.map(partial(_job, function), jobs, chunksize=chunksize)
+            return list(tqdm(results, **bar))
         except BaseException:  # an interrupt, or one job's error: the other jobs stop too
             _stop_pool(pool)
             raise

@@ -274,7 +274,7 @@ def command_errors(prog: str, debug: bool = False) -> Iterator[None]:
 
     Usage errors (exit status 2) are argparse's. Ctrl-C and SIGTERM unwind the program (its
     temporary files are removed, its worker processes stopped) and end it with one line and
-    exit status 128 + the signal's number, as a shell reports it.
+    exit status 128 + the signal's number (130, 143), as a shell reports a program so ended.
     """
     main_thread = threading.current_thread() is threading.main_thread()  # where signals are handled
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
@@ -283,11 +283,14 @@ def command_errors(prog: str, debug: bool = False) -> Iterator[None]:
     except KeyboardInterrupt as stop:
         if debug:
             raise
-        reason = str(stop) or "interrupted"
-        print(
-            f"{prog}: {reason}; what it finished is kept, and the same command goes on from there",
-            file=sys.stderr,
-        )
+        if os.environ.get("RANK", "0") == "0":  # one line for torchrun's processes, not one each
+            reason = str(stop) or "interrupted"
+            print(
+                f"{prog}: {reason}; what it finished is kept, and the same command goes on from there",
+                file=sys.stderr,
+            )
+        # an exit status, not death by the signal: that would skip the interpreter's finalisation
+        # (the process pool's semaphores, among others, would be reported leaked)
         raise SystemExit(128 + getattr(stop, "signum", signal.SIGINT)) from None
     except Exception as error:
         if debug:

@@ -74,7 +74,8 @@ def _torchrun(command: list[str]) -> int:
     (killed, as ``subprocess.call`` would on an interrupt, they would train on unattended)."""
     process = subprocess.Popen(command)
     try:
-        return process.wait()
+        status = process.wait()
+        return 128 - status if status < 0 else status  # ended by a signal: as a shell reports it
     except KeyboardInterrupt:
         process.send_signal(signal.SIGTERM)
         process.wait()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -183,68 +184,77 @@ def register_case(
         on_grid = resample_mask(read_volume(mask, case_id), mask.affine, t2.shape, t2.affine)
         mask = nib.Nifti1Image(on_grid.astype(np.uint8), t2.affine)
 
-    fixed, moving = _to_ants(t2, read_volume(t2, case_id)), _to_ants(t1, read_volume(t1, case_id))
-    result = ants.registration(
-        fixed=fixed,
-        moving=moving,
-        type_of_transform=TRANSFORMS[settings.transform],
-        aff_metric="mattes",
-        aff_iterations=settings.iterations,
-        aff_shrink_factors=settings.shrink_factors,
-        aff_smoothing_sigmas=settings.smoothing_sigmas,
-        aff_random_sampling_rate=settings.sampling_rate,
-        verbose=False,
-    )
-    # The pair's grid: the larger image's (more voxels), as the paper did.
-    larger = t1 if np.prod(t1.shape) > np.prod(t2.shape) else t2
-    grid = _to_ants(_grid_image(larger.shape, larger.affine))
-    warped = ants.apply_transforms(fixed=grid, moving=moving, transformlist=result["fwdtransforms"])
-    before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
-    on_fixed = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=result["fwdtransforms"])
-    metrics = {
-        "case_id": case_id,
-        "transform": settings.transform,
-        "grid": "T1" if larger is t1 else "T2",
-        "fov_overlap": overlap,
-        "mi_before": _mutual_information(fixed, before),
-        "mi_after": _mutual_information(fixed, on_fixed),
-    }
-
     folder = Path(out_dir) / case_id
-    staging = Path(out_dir) / f".{case_id}.partial"
+    staging = Path(out_dir) / f".{case_id}.partial"  # the case's files until all are written
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    transform_names = []
-    for index, source in enumerate(result["fwdtransforms"]):
-        name = f"t1_to_t2_{index}{''.join(Path(source).suffixes)}"
-        shutil.copyfile(source, staging / name)
-        transform_names.append(name)
-    save_nifti(warped.numpy(), larger.affine, staging / "t1.nii.gz", dtype=np.float32)
-    if larger is t2:
-        save_nifti(read_volume(t2, case_id), t2.affine, staging / "t2.nii.gz")
-    else:
-        t2_on_grid = resample_image(t2, larger.shape, larger.affine, order=1)
-        save_nifti(t2_on_grid, larger.affine, staging / "t2.nii.gz", dtype=np.float32)
-    if mask is not None:
-        on_grid = resample_mask(read_volume(mask, case_id), mask.affine, larger.shape, larger.affine)
-        save_nifti(on_grid, larger.affine, staging / "mask.nii.gz", dtype=np.uint8)
+    # ANTs' transforms go to a folder of the system's, removed with the staging folder: its output
+    # option cannot take a path with a comma or a bracket, which a user's folder may have
+    scratch = Path(tempfile.mkdtemp(prefix="mstt-ants-"))
+    try:
+        staging.mkdir(parents=True)
+        fixed, moving = _to_ants(t2, read_volume(t2, case_id)), _to_ants(t1, read_volume(t1, case_id))
+        result = ants.registration(
+            fixed=fixed,
+            moving=moving,
+            type_of_transform=TRANSFORMS[settings.transform],
+            aff_metric="mattes",
+            aff_iterations=settings.iterations,
+            aff_shrink_factors=settings.shrink_factors,
+            aff_smoothing_sigmas=settings.smoothing_sigmas,
+            aff_random_sampling_rate=settings.sampling_rate,
+            verbose=False,
+            outprefix=str(scratch / "ants-"),  # antspy's default leaves them in the system's folder
+        )
+        # The pair's grid: the larger image's (more voxels), as the paper did.
+        larger = t1 if np.prod(t1.shape) > np.prod(t2.shape) else t2
+        grid = _to_ants(_grid_image(larger.shape, larger.affine))
+        warped = ants.apply_transforms(fixed=grid, moving=moving, transformlist=result["fwdtransforms"])
+        before = ants.resample_image_to_target(moving, fixed, interp_type="linear")
+        on_fixed = ants.apply_transforms(fixed=fixed, moving=moving, transformlist=result["fwdtransforms"])
+        metrics = {
+            "case_id": case_id,
+            "transform": settings.transform,
+            "grid": "T1" if larger is t1 else "T2",
+            "fov_overlap": overlap,
+            "mi_before": _mutual_information(fixed, before),
+            "mi_after": _mutual_information(fixed, on_fixed),
+        }
 
-    if truth is not None and mask is not None:
-        metrics.update(_residual(result["fwdtransforms"], truth, mask, read_volume(mask, case_id)))
-    failures = []
-    if metrics["mi_after"] < settings.min_mutual_information:
-        failures.append(f"mutual information {metrics['mi_after']:.2f} < {settings.min_mutual_information}")
-    if "residual_mm_max" in metrics and metrics["residual_mm_max"] > settings.max_residual_mm:
-        failures.append(f"residual {metrics['residual_mm_max']:.2f} mm > {settings.max_residual_mm} mm")
-    metrics["status"] = "ok" if not failures else "failed: " + "; ".join(failures)
-    metrics["transforms"] = ";".join(transform_names)
-    (staging / "result.json").write_text(json.dumps(metrics, indent=1))
-    (staging / INPUTS_FILE).write_text(json.dumps(_input_stamp(row), indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
-    for source in {*result["fwdtransforms"], *result["invtransforms"]}:
-        Path(source).unlink(missing_ok=True)
-    return metrics
+        transform_names = []
+        for index, source in enumerate(result["fwdtransforms"]):
+            name = f"t1_to_t2_{index}{''.join(Path(source).suffixes)}"
+            shutil.copyfile(source, staging / name)
+            transform_names.append(name)
+        transforms = [str(staging / name) for name in transform_names]
+        save_nifti(warped.numpy(), larger.affine, staging / "t1.nii.gz", dtype=np.float32)
+        if larger is t2:
+            save_nifti(read_volume(t2, case_id), t2.affine, staging / "t2.nii.gz")
+        else:
+            t2_on_grid = resample_image(t2, larger.shape, larger.affine, order=1)
+            save_nifti(t2_on_grid, larger.affine, staging / "t2.nii.gz", dtype=np.float32)
+        if mask is not None:
+            on_grid = resample_mask(read_volume(mask, case_id), mask.affine, larger.shape, larger.affine)
+            save_nifti(on_grid, larger.affine, staging / "mask.nii.gz", dtype=np.uint8)
+
+        if truth is not None and mask is not None:
+            metrics.update(_residual(transforms, truth, mask, read_volume(mask, case_id)))
+        failures = []
+        if metrics["mi_after"] < settings.min_mutual_information:
+            failures.append(
+                f"mutual information {metrics['mi_after']:.2f} < {settings.min_mutual_information}"
+            )
+        if "residual_mm_max" in metrics and metrics["residual_mm_max"] > settings.max_residual_mm:
+            failures.append(f"residual {metrics['residual_mm_max']:.2f} mm > {settings.max_residual_mm} mm")
+        metrics["status"] = "ok" if not failures else "failed: " + "; ".join(failures)
+        metrics["transforms"] = ";".join(transform_names)
+        (staging / "result.json").write_text(json.dumps(metrics, indent=1))
+        (staging / INPUTS_FILE).write_text(json.dumps(_input_stamp(row), indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+        return metrics
+    finally:  # a failed or stopped case leaves no partial folder (a killed one: until the next run)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _residual(transform_files: list[str], truth: pd.Series, mask_image, mask: np.ndarray) -> dict:

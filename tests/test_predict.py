@@ -508,44 +508,45 @@ def _wait_for(condition, process, seconds=120):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_stopped_prediction_leaves_no_process_or_temporary_file_behind(run_dir, cohort, tmp_path, signum):
-    """Stopped while its registration workers run: they stop too, in one line, and a rerun finishes."""
+    """Stopped while a registration worker registers a case (Ctrl-C: to the whole process group,
+    as a terminal sends it): the workers end too, in one line, nothing is left in the system's
+    temporary folder, and the same command then finishes."""
     psutil = pytest.importorskip("psutil")
-    out = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "mstt_lib.predict",
-        "-r",
-        str(run_dir),
-        "-i",
-        str(cohort),
-        "-o",
-        str(out),
-    ]
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    predictor = subprocess.Popen(
-        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    out, system_tmp = tmp_path / "out", tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    command = [sys.executable, "-m", "mstt_lib.predict", "-r", run_dir, "-i", cohort, "-o", out]
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "TMPDIR": str(system_tmp),
+    }
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    predictor = subprocess.Popen(list(map(str, command)), env=environment, start_new_session=True, **pipes)
     try:
-        process = psutil.Process(predictor.pid)
-        _wait_for(lambda: len(process.children(recursive=True)) >= 2, predictor)  # the workers started
-        workers = process.children(recursive=True)
-        predictor.send_signal(signum)
+        # a case's staging folder: a worker is inside register_case
+        _wait_for(lambda: any(out.glob(".registration/*/.*.partial")), predictor)
+        workers = psutil.Process(predictor.pid).children(recursive=True)
+        if signum == signal.SIGINT:
+            os.killpg(predictor.pid, signum)
+        else:
+            predictor.send_signal(signum)
         output, _ = predictor.communicate(timeout=60)
     finally:
         if predictor.poll() is None:
-            predictor.kill()
+            os.killpg(predictor.pid, signal.SIGKILL)
     _, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], f"worker(s) still running: {[w.cmdline() for w in alive]}"
     assert predictor.returncode == 128 + signum, output
     reason = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
     assert output.splitlines()[-1].startswith(f"mstt-predict: {reason}; what it finished is kept"), output
     assert "Traceback" not in output
-    assert [p.name for p in out.rglob("*") if ".tmp" in p.name] == []
+    assert [p.name for p in out.rglob("*") if ".tmp" in p.name or ".partial" in p.name] == []
+    assert list(system_tmp.iterdir()) == []  # ANTs' transforms included
     if signum == signal.SIGTERM:  # and the same command goes on from there
-        rerun = subprocess.run(command, env=environment, capture_output=True, text=True)
+        rerun = subprocess.run(list(map(str, command)), env=environment, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
         assert pd.read_csv(out / "predictions.csv")["status"].str.startswith("ok").all()
+        assert list(system_tmp.iterdir()) == []
 
 
 def test_an_interrupted_prediction_goes_on_with_the_case_it_had_not_finished(
