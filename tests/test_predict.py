@@ -1,6 +1,7 @@
 """The command-line predictor on a folder of new cases."""
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -521,7 +522,11 @@ def test_a_stopped_prediction_leaves_no_process_or_temporary_file_behind(run_dir
         "TMPDIR": str(system_tmp),
     }
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    predictor = subprocess.Popen(list(map(str, command)), env=environment, start_new_session=True, **pipes)
+    # Ctrl-C as in a terminal: a test run started in the background (`&`) ignores SIGINT, as would its child
+    default_ctrl_c = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    predictor = subprocess.Popen(
+        list(map(str, command)), env=environment, start_new_session=True, preexec_fn=default_ctrl_c, **pipes
+    )
     try:
         # a case's staging folder: a worker is inside register_case
         _wait_for(lambda: any(out.glob(".registration/*/.*.partial")), predictor)
