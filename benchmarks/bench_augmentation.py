@@ -62,6 +62,7 @@ def main() -> None:
     overrides = {name: yaml.safe_load(value) for name, value in args.p}
     with tempfile.TemporaryDirectory(prefix="mstt-bench-") as scratch:
         work = Path(args.work_dir or scratch) / args.variant
+        reused = work.is_dir() and any(work.iterdir())  # what --work-dir holds is not run (nor timed) again
         params = real_data_params(args.set, cohort=args.sts_dir, work_dir=work).replace(**overrides)
         if not Path(params.cohort).is_dir():
             raise SystemExit(f"no real data at {params.cohort}: give --sts-dir")
@@ -70,7 +71,7 @@ def main() -> None:
     name = f"{args.variant}, real data, {args.minutes:g} CPU-minutes in total"
     per_fold = results.groupby("fold")["dice"].mean().round(3).tolist()
     rows = [("training budget", budget(params), "")]
-    rows += summary(results, name, seconds, peak)
+    rows += summary(results, name, seconds, peak, reused)
     rows.append((f"{name}: Dice per fold", f"{per_fold}", ""))
     cases = results.sort_values("case_id").itertuples()
     rows.append((f"{name}: Dice per case", ", ".join(f"{r.case_id} {r.dice:.2f}" for r in cases), ""))

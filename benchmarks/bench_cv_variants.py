@@ -33,8 +33,9 @@ from mstt_lib.params import real_data_params
 from mstt_lib.provenance import runs_summary
 
 
-def _score(name: str, variants) -> tuple[str, str, str]:
-    """Train what is missing, score, print and return one row."""
+def _score(name: str, variants, reused: bool = False) -> tuple[str, str, str]:
+    """Train what is missing, score, print and return one row (``reused``: runs kept in
+    ``--work-dir`` or by an earlier row are not trained, nor timed, again)."""
     started = time.perf_counter()
     results = pipeline.cross_validation_results(variants, progress=False)
     per_fold = results.groupby("fold")["dice"].mean().round(3).tolist()
@@ -47,7 +48,8 @@ def _score(name: str, variants) -> tuple[str, str, str]:
     value = (
         f"mean {dice.mean():.3f}, median {dice.median():.3f}; folds {per_fold}; post-processed "
         f"{chosen['mean_dice_chosen_on_other_folds']:.3f} (chosen on the other folds; on all: "
-        f"{chosen['postprocessing']} at {chosen['threshold']}); {seconds:.0f} s; {runs}"
+        f"{chosen['postprocessing']} at {chosen['threshold']}); {seconds:.0f} s"
+        f"{' (runs trained before reused, not timed)' if reused else ''}; {runs}"
     )
     print(f"{name}: {value}", flush=True)
     return name, value, ""
@@ -71,14 +73,15 @@ def main() -> None:
     use_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         work_dir = Path(args.work_dir or scratch)
+        reused = work_dir.is_dir() and any(work_dir.iterdir())
         rows, variants = [], []
         for name, values in args.variant:
             changes = json.loads(values)
             params = real_data_params(args.set, cohort=args.sts_dir, tta=args.tta, planes=tuple(args.planes))
             variants.append(params.replace(**{**changes, "work_dir": work_dir}))
-            rows.append(_score(f"{name} {json.dumps(changes)}", variants[-1]))
-        if args.average:
-            rows.append(_score(f"the {len(variants)} variants averaged, fold by fold", variants))
+            rows.append(_score(f"{name} {json.dumps(changes)}", variants[-1], reused))
+        if args.average:  # the variants' runs, trained above
+            rows.append(_score(f"the {len(variants)} variants averaged, fold by fold", variants, True))
     threads = args.threads or torch.get_num_threads()
     record(
         f"Real-data cross-validation Dice of variants of the {args.set} set (TTA {args.tta} x "
