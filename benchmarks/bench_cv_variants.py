@@ -45,9 +45,10 @@ def _score(name: str, variants, reused: bool = False) -> tuple[str, str, str]:
     group = variants if isinstance(variants, list) else [variants]
     runs = runs_summary(folder for variant in group for folder in pipeline.run_dirs(variant))
     seconds = time.perf_counter() - started
+    on_other_folds = chosen.get("mean_dice_chosen_on_other_folds", float("nan"))  # nan: one fold
     value = (
         f"mean {dice.mean():.3f}, median {dice.median():.3f}; folds {per_fold}; post-processed "
-        f"{chosen['mean_dice_chosen_on_other_folds']:.3f} (chosen on the other folds; on all: "
+        f"{on_other_folds:.3f} (chosen on the other folds; on all: "
         f"{chosen['postprocessing']} at {chosen['threshold']}); {seconds:.0f} s"
         f"{' (runs trained before reused, not timed)' if reused else ''}; {runs}"
     )
