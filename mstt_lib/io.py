@@ -8,6 +8,7 @@ renamed, so that an interrupted run never leaves a half-written file behind.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import signal
@@ -268,13 +269,28 @@ def _raise_stopped(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
+def _end_by_sigint() -> None:
+    """The process's end after Ctrl-C: killed by SIGINT, as a shell expects, but only after the
+    other exit functions (this one, registered last, runs first), or the process pool's
+    semaphores, among others, would be reported leaked. Python's own way, an uncaught
+    KeyboardInterrupt, is undone by some extensions' finalisation (torchvision's: exit status 1)."""
+    atexit.unregister(_end_by_sigint)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
 @contextmanager
 def command_errors(prog: str, debug: bool = False) -> Iterator[None]:
     """A command line's errors as one line on stderr and exit status 1; ``debug`` keeps the traceback.
 
     Usage errors (exit status 2) are argparse's. Ctrl-C and SIGTERM unwind the program (its
-    temporary files are removed, its worker processes stopped) and end it with one line and
-    exit status 128 + the signal's number (130, 143), as a shell reports a program so ended.
+    temporary files are removed, its worker processes stopped) and end it with one line. SIGTERM
+    ends it with exit status 143; Ctrl-C, once the interpreter has run its exit functions, by
+    SIGINT itself, which a shell reports as 130 and which stops a shell loop around the command
+    (after a program that exits 130 the loop goes on).
     """
     main_thread = threading.current_thread() is threading.main_thread()  # where signals are handled
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
@@ -289,9 +305,10 @@ def command_errors(prog: str, debug: bool = False) -> Iterator[None]:
                 f"{prog}: {reason}; what it finished is kept, and the same command goes on from there",
                 file=sys.stderr,
             )
-        # an exit status, not death by the signal: that would skip the interpreter's finalisation
-        # (the process pool's semaphores, among others, would be reported leaked)
-        raise SystemExit(128 + getattr(stop, "signum", signal.SIGINT)) from None
+        signum = getattr(stop, "signum", signal.SIGINT)
+        if signum == signal.SIGINT:
+            atexit.register(_end_by_sigint)
+        raise SystemExit(128 + signum) from None
     except Exception as error:
         if debug:
             raise

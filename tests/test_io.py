@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import psutil
 import pytest
 
 from mstt_lib.io import CaseFileError, case_id_problem, load_nifti, read_volume, save_nifti
@@ -281,3 +289,70 @@ def test_load_nifti_refuses_spacings_and_extents_no_mri_has(tmp_path, scale, wor
     with pytest.raises(CaseFileError, match=words) as info:
         load_nifti(path, "CASE_7")
     assert str(path) in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# command_errors: how a command line ends when stopped
+
+_STOPPABLE_COMMAND = """
+import multiprocessing, pathlib, sys, time
+from mstt_lib.io import command_errors
+
+lock = multiprocessing.get_context("spawn").Lock()  # a semaphore the exit functions must release
+with command_errors("demo"):
+    started = pathlib.Path(sys.argv[1])
+    if not started.exists():  # the first round waits to be stopped; the second ends at once
+        started.touch()
+        time.sleep(60)
+"""
+
+
+def _stop_a_shell_loop(tmp_path, signum: int, whole_group: bool):
+    """Two rounds of a shell ``for`` loop around the command, stopped in the first."""
+    script, started = tmp_path / "demo.py", tmp_path / "started"
+    script.write_text(_STOPPABLE_COMMAND)
+    loop = f'for round in 1 2; do "{sys.executable}" "{script}" "{started}"; echo "round $round: $?"; done'
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    shell = subprocess.Popen(
+        ["bash", "-c", loop],
+        env=environment,
+        start_new_session=True,
+        # Ctrl-C as in a terminal: a test run started in the background ignores SIGINT, as would its child
+        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert shell.poll() is None and time.monotonic() < deadline, shell.stdout.read()
+            time.sleep(0.05)
+        command = psutil.Process(shell.pid).children()[0]
+        if whole_group:
+            os.killpg(shell.pid, signum)
+        else:
+            command.send_signal(signum)
+        output, _ = shell.communicate(timeout=30)
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+    return shell.returncode, output
+
+
+def test_ctrl_c_ends_a_command_in_one_line_and_stops_the_shell_loop_around_it(tmp_path):
+    status, output = _stop_a_shell_loop(tmp_path, signal.SIGINT, whole_group=True)
+    assert output.splitlines() == [  # nothing else: no traceback, no "leaked semaphore" warning
+        "demo: interrupted; what it finished is kept, and the same command goes on from there"
+    ]
+    assert status == -signal.SIGINT  # the shell stopped with its command, before any round's echo
+
+
+def test_sigterm_ends_a_command_in_one_line_with_status_143(tmp_path):
+    status, output = _stop_a_shell_loop(tmp_path, signal.SIGTERM, whole_group=False)
+    assert output.splitlines() == [
+        "demo: stopped by SIGTERM; what it finished is kept, and the same command goes on from there",
+        "round 1: 143",
+        "round 2: 0",  # the shell was not stopped, so its loop goes on
+    ]
+    assert status == 0
