@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -74,6 +75,8 @@ def intensity_histograms(raw: dict[str, np.ndarray], normalised: dict[str, np.nd
     left out) and after clamp + min-max on the set's grid (plotly)."""
     titles = ("as read (zero voxels left out)", "after clamp and min-max")
     figure = make_subplots(rows=1, cols=2, subplot_titles=titles)
+    palette = plotly.colors.qualitative.Plotly
+    colours = {name: palette[i % len(palette)] for i, name in enumerate({**raw, **normalised})}
     for column, values in enumerate((raw, normalised), start=1):
         for name, data in values.items():
             flat = np.asarray(data, dtype=np.float32).ravel()
@@ -82,8 +85,12 @@ def intensity_histograms(raw: dict[str, np.ndarray], normalised: dict[str, np.nd
                 go.Bar(
                     x=(edges[:-1] + edges[1:]) / 2,
                     y=counts,
-                    name=f"{name}",
+                    name=name,
                     opacity=0.6,
+                    # one colour and legend entry per modality in both panels (plotly gives each
+                    # trace the next colour, so the second panel's would not match the legend)
+                    marker_color=colours[name],
+                    legendgroup=name,
                     showlegend=column == 1,
                 ),
                 row=1,

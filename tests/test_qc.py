@@ -66,3 +66,17 @@ def test_cache_spacings_are_measured_from_each_cases_grid_whatever_its_orientati
     spacings = qc.cache_spacings(Cache()).set_index("case_id")
     np.testing.assert_allclose(spacings.loc["A"], [2.0, 2.0, 2.0])
     np.testing.assert_allclose(spacings.loc["B"], [1.0, 1.5, 3.0])
+
+
+def test_intensity_histograms_give_a_modality_one_colour_and_one_legend_entry_in_both_panels():
+    rng = np.random.default_rng(0)
+    raw = {"T1": rng.uniform(1, 900, 500), "T2": rng.uniform(1, 400, 500)}
+    normalised = {name: values / values.max() for name, values in raw.items()}
+    figure = qc.intensity_histograms(raw, normalised, bins=10)
+    colours = {}
+    for trace in figure.data:
+        colours.setdefault(trace.name, set()).add(trace.marker.color)
+    assert set(colours) == {"T1", "T2"}
+    assert all(len(found) == 1 for found in colours.values()), colours  # the legend's colour in each panel
+    assert colours["T1"] != colours["T2"]
+    assert sorted(t.name for t in figure.data if t.showlegend is not False) == ["T1", "T2"]
