@@ -181,8 +181,8 @@ def launch_command(devices: int, argv: Sequence[str]) -> list[str]:
     """The torchrun command that trains ``argv``'s run with ``devices`` processes on this node."""
     return [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
+        "-c",
+        "from mstt_lib.distributed import torchrun; torchrun()",
         "--standalone",
         f"--nproc_per_node={devices}",
         f"--log-dir={os.devnull}",  # else torchrun leaves a torchelastic_* folder in /tmp per launch
@@ -190,3 +190,16 @@ def launch_command(devices: int, argv: Sequence[str]) -> list[str]:
         "mstt_lib.launch",
         *argv,
     ]
+
+
+def torchrun() -> None:
+    """torchrun (``torch.distributed.run``) as ``launch --devices`` starts it: stopped, it ends
+    with exit status 128 + the signal, not with its SignalException traceback; the launcher
+    reports the stop in one line."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main
+
+    try:
+        main(sys.argv[1:])
+    except SignalException as stop:
+        raise SystemExit(128 + int(stop.sigval)) from None

@@ -25,6 +25,7 @@ import numpy as np
 __all__ = [
     "CaseFileError",
     "SAFE_CASE_ID",
+    "STOP_REPORTED_ABOVE",
     "Stopped",
     "atomic_path",
     "case_id_problem",
@@ -269,6 +270,10 @@ def _raise_stopped(signum: int, frame) -> None:
     raise Stopped(signum)
 
 
+STOP_REPORTED_ABOVE = "MSTT_STOP_REPORTED_ABOVE"
+"""Set for the processes of a command that reports their stop itself (``launch --devices``)."""
+
+
 def _end_by_sigint() -> None:
     """The process's end after Ctrl-C: killed by SIGINT, as a shell expects, but only after the
     other exit functions (this one, registered last, runs first), or the process pool's
@@ -299,7 +304,8 @@ def command_errors(prog: str, debug: bool = False) -> Iterator[None]:
     except KeyboardInterrupt as stop:
         if debug:
             raise
-        if os.environ.get("RANK", "0") == "0":  # one line for torchrun's processes, not one each
+        # one line for torchrun's processes, not one each, and none under a launcher that reports it
+        if os.environ.get("RANK", "0") == "0" and not os.environ.get(STOP_REPORTED_ABOVE):
             reason = str(stop) or "interrupted"
             print(
                 f"{prog}: {reason}; what it finished is kept, and the same command goes on from there",

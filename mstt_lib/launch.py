@@ -12,6 +12,7 @@ every process trains (``pipeline.train_run``), and only rank 0 writes the run's 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -69,16 +70,27 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"[mstt_lib.launch] {args.model} fold {args.fold}: {folder}", flush=True)
 
 
-def _torchrun(command: list[str]) -> int:
+def _torchrun(command: list[str], ctrl_c_grace_seconds: float = 10) -> int:
     """torchrun's exit status; stopped, it is passed the stop, which it hands on to its processes
-    (killed, as ``subprocess.call`` would on an interrupt, they would train on unattended)."""
-    process = subprocess.Popen(command)
+    (killed, as ``subprocess.call`` would on an interrupt, they would train on unattended).
+
+    A terminal's Ctrl-C reaches torchrun too, so it is given ``ctrl_c_grace_seconds`` to stop on
+    its own: a second signal while it stops makes it log a traceback."""
+    from mstt_lib.io import STOP_REPORTED_ABOVE, Stopped
+
+    process = subprocess.Popen(command, env={**os.environ, STOP_REPORTED_ABOVE: "1"})
     try:
         status = process.wait()
         return 128 - status if status < 0 else status  # ended by a signal: as a shell reports it
-    except KeyboardInterrupt:
-        process.send_signal(signal.SIGTERM)
-        process.wait()
+    except KeyboardInterrupt as stop:
+        try:
+            if not isinstance(stop, Stopped):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=ctrl_c_grace_seconds)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            process.wait()
         raise
 
 

@@ -2,6 +2,7 @@
 command line), per-case stages on Ray, and data-parallel training with torchrun on gloo."""
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -284,10 +285,45 @@ def _train_command(values: dict, launcher: list[str]) -> list[str]:
     return command + [x for key, value in values.items() for x in ("-p", key, json.dumps(value))]
 
 
+def _stop_at_the_first_checkpoint(command, root, env, work, ctrl_c: bool) -> tuple[int, str]:
+    """The two-process run, stopped once its first checkpoint exists: Ctrl-C to the whole process
+    group (as a terminal sends it), or SIGTERM to the launcher alone (as a scheduler may send it).
+    torchrun and its processes must end with the launcher: (exit status, stderr)."""
+    psutil = pytest.importorskip("psutil")
+    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a test run started in the background ignores SIGINT, as would the launcher
+    default_ctrl_c = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    launcher = subprocess.Popen(
+        command, cwd=root, env=env, start_new_session=True, preexec_fn=default_ctrl_c, **quiet
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while not list(work.glob("runs/tiny/unet-fold0-*/checkpoint.pt")) and launcher.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
+            time.sleep(0.05)
+        launched = psutil.Process(launcher.pid).children(recursive=True)
+        assert len(launched) >= 3, launched  # torchrun and its two processes
+        if ctrl_c:
+            os.killpg(launcher.pid, signal.SIGINT)
+        else:
+            launcher.send_signal(signal.SIGTERM)
+        _, errors = launcher.communicate(timeout=120)
+        _, alive = psutil.wait_procs(launched, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left, so that a failure leaves nothing
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+    assert alive == [], f"still running after the launcher was stopped: {[p.cmdline() for p in alive]}"
+    # one line: neither torchrun's traceback nor rank 0's own stop line beside the launcher's
+    assert "Traceback" not in errors and errors.count("; what it finished is kept") == 1, errors[-3000:]
+    assert errors.splitlines()[-1].startswith("python -m mstt_lib.launch: "), errors[-3000:]
+    return launcher.returncode, errors
+
+
 def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_project, tmp_path):
     """Same global batch (4 = 2 x 2): the per-epoch metrics agree within the stated tolerance
     (README: 1% on the losses, 0.02 Dice; bfloat16 autocast on this CPU and Adam's sign-like
-    first steps amplify summation-order differences). The two-process run is killed after its
+    first steps amplify summation-order differences). The two-process run is stopped after its
     first checkpoint and started again: it resumes."""
     root, cohort = tiny_project
     values = {**TINY_RUN, "cohort": str(cohort), "lr": 1e-4, "n_folds": 2, "epochs": 3}
@@ -297,28 +333,9 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_project, tmp_
     one_work, two_work = tmp_path / "one", tmp_path / "two"
     one_command = _train_command({**values, "work_dir": str(one_work)}, [])
     two_command = _train_command({**values, "work_dir": str(two_work)}, ["--devices", "2"])
-    # the two-process run, stopped once its first checkpoint exists: SIGTERM to the launcher
-    # alone (as a scheduler may send it) ends torchrun and its processes too
-    psutil = pytest.importorskip("psutil")
-    quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    first = subprocess.Popen(two_command, cwd=root, env=env, start_new_session=True, **quiet)
-    deadline = time.monotonic() + 300
-    try:
-        while not list(two_work.glob("runs/tiny/unet-fold0-*/checkpoint.pt")) and first.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
-            time.sleep(0.05)
-        launched = psutil.Process(first.pid).children(recursive=True)
-        assert len(launched) >= 3, launched  # torchrun and its two processes
-        first.send_signal(signal.SIGTERM)
-        _, errors = first.communicate(timeout=120)
-        _, alive = psutil.wait_procs(launched, timeout=30)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # whatever is left, so that a failure leaves nothing
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    assert alive == [], f"still running after the launcher was stopped: {[p.cmdline() for p in alive]}"
-    assert first.returncode == 128 + signal.SIGTERM, errors[-3000:]  # (torchrun prints its own traceback)
-    assert errors.splitlines()[-1].startswith("python -m mstt_lib.launch: stopped by SIGTERM"), errors[-3000:]
+    status, errors = _stop_at_the_first_checkpoint(two_command, root, env, two_work, ctrl_c=False)
+    assert status == 128 + signal.SIGTERM, errors[-3000:]
+    assert "stopped by SIGTERM" in errors.splitlines()[-1]
     [two_run] = two_work.glob("runs/tiny/unet-fold0-*")
     assert not (two_run / "model.pt").exists()
     done = torch.load(two_run / "checkpoint.pt", weights_only=False)["history"]
@@ -338,6 +355,16 @@ def test_torchrun_with_two_gloo_processes_matches_one_process(tiny_project, tmp_
     # only rank 0 wrote: no stray temporary files beside the run's, and nothing outside work_dir
     assert not [p.name for p in two_run.iterdir() if p.name.startswith(".")]
     assert not list(system_tmp.glob("torchelastic_*"))
+
+
+def test_ctrl_c_stops_a_torchrun_launch_in_one_line_and_by_sigint(tiny_project, tmp_path):
+    root, cohort = tiny_project
+    values = {**TINY_RUN, "cohort": str(cohort), "n_folds": 2, "epochs": 3, "work_dir": str(tmp_path / "w")}
+    command = _train_command(values, ["--devices", "2"])
+    env = {**library_environment(), "TMPDIR": str(tmp_path)}
+    status, errors = _stop_at_the_first_checkpoint(command, root, env, tmp_path / "w", ctrl_c=True)
+    assert status == -signal.SIGINT, errors[-3000:]  # a shell loop around it stops too (test_io)
+    assert "interrupted" in errors.splitlines()[-1]
 
 
 ONE_STEP = """
