@@ -2,7 +2,6 @@
 command line), per-case stages on Ray, and data-parallel training with torchrun on gloo."""
 
 import contextlib
-import functools
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from scale_helpers import TINY_RUN, library_environment
+from stop_helpers import start_as_from_a_terminal, wait_for
 
 from mstt_lib.io import save_nifti
 from mstt_lib.slices import SliceCache, build_cache
@@ -291,16 +291,9 @@ def _stop_at_the_first_checkpoint(command, root, env, work, ctrl_c: bool) -> tup
     torchrun and its processes must end with the launcher: (exit status, stderr)."""
     psutil = pytest.importorskip("psutil")
     quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # a test run started in the background ignores SIGINT, as would the launcher
-    default_ctrl_c = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
-    launcher = subprocess.Popen(
-        command, cwd=root, env=env, start_new_session=True, preexec_fn=default_ctrl_c, **quiet
-    )
-    deadline = time.monotonic() + 300
+    launcher = start_as_from_a_terminal(command, cwd=root, env=env, **quiet)
     try:
-        while not list(work.glob("runs/tiny/unet-fold0-*/checkpoint.pt")) and launcher.poll() is None:
-            assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
-            time.sleep(0.05)
+        wait_for(lambda: any(work.glob("runs/tiny/unet-fold0-*/checkpoint.pt")), launcher, seconds=300)
         launched = psutil.Process(launcher.pid).children(recursive=True)
         assert len(launched) >= 3, launched  # torchrun and its two processes
         if ctrl_c:

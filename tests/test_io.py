@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import psutil
 import pytest
+from stop_helpers import start_as_from_a_terminal, wait_for
 
 from mstt_lib.io import CaseFileError, case_id_problem, load_nifti, read_volume, save_nifti
 
@@ -313,21 +312,10 @@ def _stop_a_shell_loop(tmp_path, signum: int, whole_group: bool):
     script.write_text(_STOPPABLE_COMMAND)
     loop = f'for round in 1 2; do "{sys.executable}" "{script}" "{started}"; echo "round $round: $?"; done'
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    shell = subprocess.Popen(
-        ["bash", "-c", loop],
-        env=environment,
-        start_new_session=True,
-        # Ctrl-C as in a terminal: a test run started in the background ignores SIGINT, as would its child
-        preexec_fn=functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    shell = start_as_from_a_terminal(["bash", "-c", loop], env=environment, **pipes)
     try:
-        deadline = time.monotonic() + 30
-        while not started.exists():
-            assert shell.poll() is None and time.monotonic() < deadline, shell.stdout.read()
-            time.sleep(0.05)
+        wait_for(started.exists, shell, seconds=30)
         command = psutil.Process(shell.pid).children()[0]
         if whole_group:
             os.killpg(shell.pid, signum)

@@ -1,7 +1,6 @@
 """The command-line predictor on a folder of new cases."""
 
 import errno
-import functools
 import json
 import os
 import shutil
@@ -9,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from stop_helpers import start_as_from_a_terminal, wait_for
 
 from mstt_lib.models import build_model
 from mstt_lib.predict import STAGES, main, predict_folder, read_input
@@ -499,14 +498,6 @@ def test_an_ensemble_folder_predicts_with_its_runs_and_applies_its_post_processi
     assert several, "the random model's masks should have more than one piece for this test to bite"
 
 
-def _wait_for(condition, process, seconds=120):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert process.poll() is None, process.communicate()[0]
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 def test_a_stopped_prediction_leaves_no_process_or_temporary_file_behind(run_dir, cohort, tmp_path, signum):
     """Stopped while a registration worker registers a case (Ctrl-C: to the whole process group,
@@ -522,14 +513,10 @@ def test_a_stopped_prediction_leaves_no_process_or_temporary_file_behind(run_dir
         "TMPDIR": str(system_tmp),
     }
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # Ctrl-C as in a terminal: a test run started in the background (`&`) ignores SIGINT, as would its child
-    default_ctrl_c = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
-    predictor = subprocess.Popen(
-        list(map(str, command)), env=environment, start_new_session=True, preexec_fn=default_ctrl_c, **pipes
-    )
+    predictor = start_as_from_a_terminal(command, env=environment, **pipes)
     try:
         # a case's staging folder: a worker is inside register_case
-        _wait_for(lambda: any(out.glob(".registration/*/.*.partial")), predictor)
+        wait_for(lambda: any(out.glob(".registration/*/.*.partial")), predictor)
         workers = psutil.Process(predictor.pid).children(recursive=True)
         if signum == signal.SIGINT:
             os.killpg(predictor.pid, signum)
